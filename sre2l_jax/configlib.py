@@ -1,0 +1,178 @@
+"""Config building blocks shared by every `configs/<data>.py`.
+
+A config file's `get_config(arg)` receives the text after the colon of
+`--config=configs/fashion_mnist.py:recover,runlocal,ipc=10`: the first bare word is the stage, other
+bare words are switches set to True, `key=value` sets an option. Unknown options are an error.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+
+import ml_collections
+
+STAGES = ("squeeze", "recover", "relabel", "validate", "all")
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parse `stage,flag,key=value` into a ConfigDict of `defaults` (plus `stage`).
+
+    Values are Python literals where they parse as one (`ipc=10`, `lr=0.1`), strings otherwise.
+    """
+    defaults = {"stage": "all", "runlocal": False, **defaults}
+    parsed = dict(defaults)
+    for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+        if "=" in token:
+            key, value = token.split("=", 1)
+            with contextlib.suppress(ValueError, SyntaxError):  # not a literal: keep the string
+                value = ast.literal_eval(value)
+        elif token in STAGES:
+            key, value = "stage", token
+        else:
+            key, value = token, True
+        if key not in defaults:
+            raise ValueError(f"unknown config option {key!r} in {arg!r}; known: {sorted(defaults)}"
+                             f" and stages {STAGES}")
+        parsed[key] = value
+    if parsed["stage"] not in STAGES:
+        raise ValueError(f"unknown stage {parsed['stage']!r}; expected one of {STAGES}")
+    return ml_collections.ConfigDict(parsed)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every option with its SRe²L default; data-set configs override what differs."""
+    c = ml_collections.ConfigDict()
+    c.stage = "all"
+    c.seed = 0
+    c.runlocal = False
+    c.log_every_steps = 50
+
+    c.data = d = ml_collections.ConfigDict()
+    d.name = ""
+    d.source = "idx"  # idx | imagefolder | tfds
+    d.dir = ""  # IDX directory, ImageFolder root, or TFDS data_dir ("" = TFDS default)
+    d.tfds_name = ""
+    d.tfds_download = False  # only for users with a network
+    d.train_split = "train"
+    d.eval_split = "test"
+    d.num_classes = 0
+    d.class_ids = ml_collections.FieldReference(None, field_type=tuple)  # subset, in this order
+    d.image_size = 32  # model input resolution
+    d.channels = 3
+    d.mean = (0.485, 0.456, 0.406)
+    d.std = (0.229, 0.224, 0.225)
+    d.eval_resize = 0  # resize shorter side to this, then center-crop image_size (0: resize to size)
+    d.train_augment = "rrc_flip"  # none | flip | crop_flip | rrc_flip
+    d.crop_padding = 4
+    d.max_train_examples = 0  # 0 = all; runlocal uses a slice
+    d.max_eval_examples = 0
+
+    c.model = m = ml_collections.ConfigDict()
+    m.arch = "resnet18"
+    m.width = 64
+    m.stem = "imagenet"  # imagenet | lowres
+    m.dtype = "float32"
+
+    c.squeeze = s = ml_collections.ConfigDict()
+    s.torchvision_weights = ""  # a .pth to import instead of training
+    s.epochs = 50
+    s.batch_size = 256
+    s.optimizer = "sgd"  # sgd | adamw
+    s.lr = 0.2
+    s.momentum = 0.9
+    s.weight_decay = 1e-4
+    s.warmup_epochs = 5
+    s.label_smoothing = 0.0
+    s.eval_every_epochs = 1
+    s.checkpoint_every_steps = 200
+    s.max_steps = 0  # 0 = epochs * steps_per_epoch; for smoke runs
+
+    c.recover = r = ml_collections.ConfigDict()
+    r.teacher = ""  # model checkpoint dir; "" = <workdir>/squeeze/model
+    r.ipc = 50
+    r.ipc_start = 0
+    r.ipc_end = -1  # -1 = ipc
+    r.class_start = 0
+    r.class_end = -1  # -1 = num_classes
+    r.batch_size = 100
+    r.composition = "sequential"  # sequential (the published code) | classwise
+    r.classwise_classes = 2  # classwise: classes per batch, batch_size/classwise_classes images each
+    r.iterations = 4000
+    r.lr = 0.25
+    r.adam_b1 = 0.5
+    r.adam_b2 = 0.9
+    r.adam_eps = 1e-8
+    r.alpha_bn = 0.01
+    r.first_bn_multiplier = 10.0
+    r.alpha_tv = 0.0
+    r.alpha_l2 = 0.0
+    r.crop = True  # multi-crop optimization: one RandomResizedCrop per iteration, shared by the batch
+    r.crop_scale = (0.08, 1.0)
+    r.flip = True
+    r.jitter = (0, 32)  # roll offsets uniform in [lo, hi] (inclusive), per axis
+    r.image_format = "png"  # png (lossless) | jpeg (the original code's output)
+    r.jpeg_quality = 75  # PIL's default, what the original code gets
+    r.checkpoint_every = 500
+    r.batches_per_device = 1
+    r.verifier = ""  # optional second model checkpoint that reports accuracy on the results
+
+    c.relabel = rl = ml_collections.ConfigDict()
+    rl.images = ""  # ImageFolder of synthetic images; "" = <workdir>/recover/images
+    rl.epochs = 300
+    rl.batch_size = 1024
+    rl.temperature = 20.0
+    rl.top_k = 0  # store only the k largest logits per image (0 = all)
+    rl.crop_scale = (0.08, 1.0)
+    rl.mix = "cutmix"  # none | cutmix | mixup
+    rl.mix_alpha = 1.0
+    rl.mix_prob = 1.0
+
+    c.validate = v = ml_collections.ConfigDict()
+    v.labels = "online"  # online | stored
+    v.student_arch = "resnet18"
+    v.student_width = 64
+    v.epochs = 300
+    v.batch_size = 1024
+    v.optimizer = "adamw"  # adamw | sgd
+    v.lr = 1e-3
+    v.momentum = 0.9
+    v.weight_decay = 0.01
+    v.schedule = "cosine_epoch"  # cosine_epoch | cosine_step
+    v.warmup_epochs = 0
+    v.tau2_factor = False
+    v.eval_every_epochs = 10
+    v.seeds = (0,)
+    v.baselines = ("real_soft", "real_hard", "synthetic_hard")
+    v.checkpoint_every_epochs = 50
+    return c
+
+
+def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Lock so that a misspelt `--config.x=...` override raises instead of adding a key."""
+    config.lock()
+    return config
+
+
+def shrink_for_runlocal(c: ml_collections.ConfigDict) -> None:
+    """Shrink any config to a smoke run of the whole code path (< 2 minutes on 2 CPU cores)."""
+    c.runlocal = True
+    c.log_every_steps = 5
+    c.data.max_train_examples = 2048
+    c.data.max_eval_examples = 512
+    c.data.image_size = min(c.data.image_size, 32)
+    c.data.eval_resize = 0
+    c.model.width = 8
+    c.squeeze.epochs = 1
+    c.squeeze.batch_size = 128
+    c.squeeze.warmup_epochs = 0
+    c.squeeze.checkpoint_every_steps = 8
+    c.recover.ipc = min(c.recover.ipc, 2)
+    c.recover.batch_size = min(c.recover.batch_size, 20)
+    c.recover.iterations = 20
+    c.recover.checkpoint_every = 10
+    c.relabel.epochs = c.validate.epochs = 10
+    c.relabel.batch_size = c.validate.batch_size = 20
+    c.validate.student_width = 8
+    c.validate.eval_every_epochs = 5
+    c.validate.seeds = (0,)

@@ -1,0 +1,38 @@
+"""Top-1/top-5 of a model on a real evaluation split, data-parallel over the mesh."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sre2l_jax import parallel
+from sre2l_jax.data import pipeline
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _count_correct(model, variables, images, labels, mask):
+    logits = model.apply(variables, images, train=False)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    hit1 = (top5[:, 0] == labels) & mask
+    hit5 = jnp.any(top5 == labels[:, None], axis=-1) & mask
+    return jnp.stack([hit1.sum(), hit5.sum(), mask.sum()])
+
+
+def evaluate(model, variables: dict, data_cfg, source, mesh, batch_size: int = 500) -> dict:
+    """{'top1', 'top5'} in percent over the whole split (padding rows masked out)."""
+    n_dev = mesh.devices.size
+    batch_size = max(n_dev, batch_size // n_dev * n_dev)
+    variables = parallel.replicate(mesh, {"params": variables["params"],
+                                          "batch_stats": variables["batch_stats"]})
+    totals = np.zeros(3, np.int64)
+    for batch in pipeline.eval_batches(data_cfg, source, batch_size):
+        g = parallel.global_batch(mesh, {"image": batch["image"], "label": batch["label"],
+                                         "mask": batch["mask"]})
+        totals += np.asarray(_count_correct(model, variables, g["image"], g["label"], g["mask"]))
+    if totals[2] == 0:
+        raise ValueError("evaluation split is empty")
+    return {"top1": 100.0 * totals[0] / totals[2], "top5": 100.0 * totals[1] / totals[2],
+            "num_examples": int(totals[2])}

@@ -1,0 +1,54 @@
+"""Command line: `python -m sre2l_jax.main --config=configs/<data>.py:<stage>[,k=v] --workdir=DIR`.
+
+Stages: squeeze, recover, relabel, validate, all. `--config.recover.ipc=10` style overrides work for
+every option; a misspelt option is an error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from sre2l_jax import parallel
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/fashion_mnist.py:all")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, images and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# stage name -> (module, function(config, workdir) -> summary dict)
+STAGE_FUNCTIONS = {
+    "squeeze": ("sre2l_jax.squeeze", "train_and_evaluate"),
+    "recover": ("sre2l_jax.recover", "recover"),
+    "relabel": ("sre2l_jax.relabel", "relabel"),
+    "validate": ("sre2l_jax.validate", "validate"),
+    "all": ("sre2l_jax.run_all", "run_all"),
+}
+
+
+def run_stage(config, workdir: str) -> dict:
+    module_name, fn_name = STAGE_FUNCTIONS[config.stage]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        raise SystemExit(f"stage {config.stage!r} is not implemented yet in this version") from None
+    return getattr(module, fn_name)(config, workdir)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    parallel.maybe_initialize_distributed()
+    workdir = os.path.abspath(_WORKDIR.value)
+    os.makedirs(workdir, exist_ok=True)
+    logging.info("stage %s, workdir %s", _CONFIG.value.stage, workdir)
+    run_stage(_CONFIG.value, workdir)
+
+
+if __name__ == "__main__":
+    logging.set_verbosity(logging.INFO)
+    app.run(main)

@@ -1,0 +1,60 @@
+"""Progress lines with ETA on stdout and plottable metrics in `<stage dir>/metrics.jsonl`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+from absl import logging
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class MetricsLog:
+    """Appends one JSON object per record; only process 0 writes, so multi-host logs are not duplicated."""
+
+    def __init__(self, directory: str, name: str = "metrics.jsonl", total_steps: int = 0,
+                 stage: str = ""):
+        self.path = os.path.join(directory, name)
+        self.total = total_steps
+        self.stage = stage
+        self._t0 = time.time()
+        self._s0: int | None = None
+        self._writer = jax.process_index() == 0
+        if self._writer:
+            os.makedirs(directory, exist_ok=True)
+
+    def write(self, step: int, **values) -> None:
+        values = {k: float(v) if hasattr(v, "__float__") else v for k, v in values.items()}
+        for k, v in values.items():
+            if isinstance(v, float) and math.isnan(v):
+                raise FloatingPointError(f"{self.stage}: {k} is NaN at step {step}")
+        if self._s0 is None:
+            self._s0, self._t0 = step, time.time()
+        if self._writer:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+            logging.info("%s", self.progress_line(step, values))
+
+    def progress_line(self, step: int, values: dict) -> str:
+        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in values.items())
+        line = f"[{self.stage}] step {step}" + (f"/{self.total}" if self.total else "") + f" {shown}"
+        done = step - (self._s0 or 0)
+        if self.total and done > 0:
+            rate = done / max(time.time() - self._t0, 1e-9)
+            line += f" | {rate:.2f} steps/s ETA {_fmt_seconds((self.total - step) / rate)}"
+        return line
+
+
+def read_jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,164 @@
+"""The SRe²L recovery objective and optimizer for one batch (SPEC §2), free of I/O and devices.
+
+`recover.py` maps `run_iterations` over devices with shard_map; tests call these directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sre2l_jax import augment
+from sre2l_jax.models import STEM_BN, apply_with_bn_stats
+
+_NOISE, _AUG = 0, 1  # fold_in tags that keep the init-noise and augmentation streams apart
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoverHParams:
+    """The knobs of one recovery batch (hashable: a static jit argument)."""
+
+    iterations: int
+    lr: float
+    image_size: int
+    mean: tuple
+    std: tuple
+    alpha_bn: float = 0.01
+    first_bn_multiplier: float = 10.0
+    alpha_tv: float = 0.0
+    alpha_l2: float = 0.0
+    crop: bool = True
+    crop_scale: tuple = (0.08, 1.0)
+    flip: bool = True
+    jitter: tuple = (0, 32)
+    adam_b1: float = 0.5
+    adam_b2: float = 0.9
+    adam_eps: float = 1e-8
+
+    @classmethod
+    def from_config(cls, rc, data_cfg) -> RecoverHParams:
+        return cls(iterations=rc.iterations, lr=rc.lr, image_size=data_cfg.image_size,
+                   mean=tuple(data_cfg.mean), std=tuple(data_cfg.std), alpha_bn=rc.alpha_bn,
+                   first_bn_multiplier=rc.first_bn_multiplier, alpha_tv=rc.alpha_tv,
+                   alpha_l2=rc.alpha_l2, crop=rc.crop, crop_scale=tuple(rc.crop_scale),
+                   flip=rc.flip, jitter=tuple(rc.jitter), adam_b1=rc.adam_b1,
+                   adam_b2=rc.adam_b2, adam_eps=rc.adam_eps)
+
+
+def bn_matching_loss(stats: list, first_bn_multiplier: float) -> jax.Array:
+    """Σ_l m_l (‖σ²_l − running_var_l‖₂ + ‖μ_l − running_mean_l‖₂), plain norms, stem BN × m_1."""
+    if not stats or stats[0][0] != STEM_BN:
+        raise ValueError(f"expected the stem BatchNorm {STEM_BN!r} first, got {[p for p, _ in stats[:1]]}")
+    total = 0.0
+    for i, (_, s) in enumerate(stats):
+        m = first_bn_multiplier if i == 0 else 1.0
+        total += m * (jnp.linalg.norm(s["var"] - s["running_var"])
+                      + jnp.linalg.norm(s["mean"] - s["running_mean"]))
+    return total
+
+
+def tv_l2(x: jax.Array) -> jax.Array:
+    """DeepInversion's L2 total variation (four neighbour directions, Frobenius norms), NHWC."""
+    d1 = x[:, :, :-1] - x[:, :, 1:]
+    d2 = x[:, :-1, :] - x[:, 1:, :]
+    d3 = x[:, 1:, :-1] - x[:, :-1, 1:]
+    d4 = x[:, :-1, :-1] - x[:, 1:, 1:]
+    return sum(jnp.linalg.norm(d.reshape(-1)) for d in (d1, d2, d3, d4))
+
+
+def batch_key(seed: int, first_class: jax.Array, first_ipc: jax.Array) -> jax.Array:
+    """A batch's augmentation stream, named by its first slot so it is placement-independent."""
+    key = jax.random.fold_in(jax.random.key(seed), _AUG)
+    return jax.random.fold_in(jax.random.fold_in(key, first_class), first_ipc)
+
+
+def init_images(seed: int, classes: jax.Array, ipcs: jax.Array, shape: tuple) -> jax.Array:
+    """N(0,1) noise in normalized space, one independent stream per (class, ipc) slot."""
+    base = jax.random.fold_in(jax.random.key(seed), _NOISE)
+
+    def one(c, k):
+        return jax.random.normal(jax.random.fold_in(jax.random.fold_in(base, c), k), shape)
+
+    return jax.vmap(one)(classes, ipcs)
+
+
+def augment_batch(key: jax.Array, x: jax.Array, hp: RecoverHParams) -> jax.Array:
+    """One iteration's shared crop + flip, then the jitter roll (the authors' order)."""
+    k_crop, k_flip, k_jit = jax.random.split(key, 3)
+    if hp.crop:
+        box = augment.rrc_box(k_crop, x.shape[1], x.shape[2], hp.crop_scale)
+        x = augment.crop_resize(x, box, hp.image_size)
+    if hp.flip:
+        x = augment.maybe_flip(x, jax.random.bernoulli(k_flip))
+    lo, hi = hp.jitter
+    if (lo, hi) != (0, 0):
+        dy, dx = jax.random.randint(k_jit, (2,), lo, hi + 1)
+        x = augment.roll(x, dy, dx)
+    return x
+
+
+def objective(x, labels, model, variables, hp: RecoverHParams):
+    """Total loss and its parts for an already-augmented batch."""
+    logits, stats = apply_with_bn_stats(model, variables, x)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    bn = bn_matching_loss(stats, hp.first_bn_multiplier)
+    loss = ce + hp.alpha_bn * bn
+    if hp.alpha_tv:
+        loss += hp.alpha_tv * tv_l2(x)
+    if hp.alpha_l2:
+        loss += hp.alpha_l2 * jnp.mean(jnp.linalg.norm(x.reshape(x.shape[0], -1), axis=1))
+    return loss, {"loss": loss, "ce": ce, "bn": bn}
+
+
+def cosine_lr(hp: RecoverHParams):
+    return lambda t: 0.5 * (1 + jnp.cos(math.pi * t / hp.iterations)) * hp.lr
+
+
+def optimizer(hp: RecoverHParams) -> optax.GradientTransformation:
+    """torch.optim.Adam(betas=(b1, b2), eps) with the per-iteration cosine lr, no weight decay."""
+    return optax.chain(optax.scale_by_adam(hp.adam_b1, hp.adam_b2, hp.adam_eps),
+                       optax.scale_by_schedule(lambda t: -cosine_lr(hp)(t)))
+
+
+def pixel_bounds(hp: RecoverHParams) -> tuple[jax.Array, jax.Array]:
+    mean, std = jnp.asarray(hp.mean), jnp.asarray(hp.std)
+    return -mean / std, (1 - mean) / std
+
+
+def run_iterations(x, opt_state, labels, key, t0, t1, *, model, variables, hp: RecoverHParams):
+    """Iterations t0 ≤ t < t1 on one batch; returns (x, opt_state, metrics of the last iteration)."""
+    tx = optimizer(hp)
+    lo, hi = pixel_bounds(hp)
+    grad_fn = jax.value_and_grad(
+        lambda xx, k: objective(augment_batch(k, xx, hp), labels, model, variables, hp), has_aux=True)
+
+    def body(t, carry):
+        x, opt_state, _ = carry
+        (_, metrics), g = grad_fn(x, jax.random.fold_in(key, t))
+        updates, opt_state = tx.update(g, opt_state, x)
+        x = jnp.clip(x + updates, lo, hi)  # per-channel valid pixel range, after every step
+        return x, opt_state, metrics
+
+    zero = jnp.zeros_like(x, shape=())  # inherits x's device-varying type under shard_map
+    zero = {"loss": zero, "ce": zero, "bn": zero}
+    return jax.lax.fori_loop(t0, t1, body, (x, opt_state, zero))
+
+
+def final_scores(x, labels, model, variables, hp: RecoverHParams):
+    """Per-image CE, teacher prediction and the batch BN loss on the un-augmented images."""
+    logits, stats = apply_with_bn_stats(model, variables, x)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return {"ce": ce, "pred": jnp.argmax(logits, -1),
+            "bn": bn_matching_loss(stats, hp.first_bn_multiplier) * jnp.ones_like(ce)}
+
+
+def to_uint8(x, hp: RecoverHParams):
+    """Denormalize, clamp to [0,1] and truncate to uint8, as the authors' save_images does."""
+    import numpy as np
+
+    x = np.asarray(x, np.float32) * np.asarray(hp.std, np.float32) + np.asarray(hp.mean, np.float32)
+    return (np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)

@@ -1,0 +1,236 @@
+"""Recovery: the objective against an independent computation, placement invariance, resume, errors."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from sre2l_jax import checkpoint, recover, recover_core
+from sre2l_jax.models import apply_with_bn_stats
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
+
+
+def _hp(**kw):
+    base = dict(iterations=10, lr=0.1, image_size=12, mean=(0.5,), std=(0.25,), alpha_bn=1.0,
+                first_bn_multiplier=10.0, crop=False, flip=False, jitter=(0, 0))
+    return recover_core.RecoverHParams(**{**base, **kw})
+
+
+def _numpy_forward_stats(variables, x):
+    """Per-BN input (mean, biased var) of the tiny net, by hand in NumPy (eval-mode BN)."""
+    p, s = variables["params"], variables["batch_stats"]
+    out = []
+
+    def conv(h, w, stride):
+        kh = w.shape[0]
+        pad = kh // 2
+        h = np.pad(h, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        n, hh, ww, _ = h.shape
+        oh, ow = (hh - kh) // stride + 1, (ww - kh) // stride + 1
+        y = np.zeros((n, oh, ow, w.shape[3]), np.float64)
+        for i in range(kh):
+            for j in range(kh):
+                patch = h[:, i:i + stride * oh:stride, j:j + stride * ow:stride, :]
+                y += patch @ w[i, j]
+        return y
+
+    def bn(h, name_p, name_s, running):
+        out.append((h.mean((0, 1, 2)), h.var((0, 1, 2)), np.asarray(running["mean"]),
+                    np.asarray(running["var"])))
+        return (h - running["mean"]) / np.sqrt(running["var"] + 1e-5) * name_p["scale"] + name_p["bias"]
+
+    relu = lambda h: np.maximum(h, 0)
+    h = relu(bn(conv(x, p["conv1"]["kernel"], 1), p["bn1"], None, s["bn1"]))
+    for layer, stride in (("layer1_0", 1), ("layer2_0", 2)):
+        lp, ls = p[layer], s[layer]
+        y = relu(bn(conv(h, lp["conv1"]["kernel"], stride), lp["bn1"], None, ls["bn1"]))
+        y = bn(conv(y, lp["conv2"]["kernel"], 1), lp["bn2"], None, ls["bn2"])
+        if "downsample_conv" in lp:
+            h = bn(conv(h, lp["downsample_conv"]["kernel"], stride), lp["downsample_bn"], None,
+                   ls["downsample_bn"])
+        h = relu(y + h)
+    return out
+
+
+def test_bn_loss_and_gradient_match_independent_numpy(tiny_teacher):
+    model, variables, _ = tiny_teacher
+    variables = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
+    x = np.random.default_rng(0).normal(size=(3, 12, 12, 1))
+
+    def numpy_bn_loss(xx):
+        stats = _numpy_forward_stats(variables, xx)
+        return sum((10.0 if i == 0 else 1.0) * (np.linalg.norm(v - rv) + np.linalg.norm(m - rm))
+                   for i, (m, v, rm, rv) in enumerate(stats))
+
+    v32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), variables)
+    engine = lambda xx: recover_core.bn_matching_loss(
+        apply_with_bn_stats(model, v32, xx)[1], 10.0)
+    assert len(_numpy_forward_stats(variables, x)) == len(apply_with_bn_stats(model, v32, x)[1]) == 6
+    np.testing.assert_allclose(float(engine(jnp.asarray(x, jnp.float32))), numpy_bn_loss(x), rtol=1e-5)
+
+    grad = np.asarray(jax.grad(engine)(jnp.asarray(x, jnp.float32)))
+    rng = np.random.default_rng(1)
+    for _ in range(6):  # central differences in float64 at random pixels
+        idx = tuple(rng.integers(0, d) for d in x.shape)
+        e = np.zeros_like(x)
+        e[idx] = 1e-5
+        fd = (numpy_bn_loss(x + e) - numpy_bn_loss(x - e)) / 2e-5
+        np.testing.assert_allclose(grad[idx], fd, rtol=2e-3, atol=1e-4)
+
+
+def test_bn_loss_is_plain_norm_not_squared():
+    stats = [("bn1", {"mean": jnp.array([3.0, 4.0]), "var": jnp.array([1.0, 1.0]),
+                      "running_mean": jnp.zeros(2), "running_var": jnp.ones(2)}),
+             ("layer1_0/bn1", {"mean": jnp.zeros(2), "var": jnp.array([2.0, 1.0]),
+                               "running_mean": jnp.zeros(2), "running_var": jnp.ones(2)})]
+    # stem: 10 × (‖0‖ + ‖(3,4)‖) = 50; other: ‖(1,0)‖ = 1
+    assert float(recover_core.bn_matching_loss(stats, 10.0)) == pytest.approx(51.0)
+
+
+def test_adam_schedule_and_clip_follow_the_spec(tiny_teacher):
+    model, variables, _ = tiny_teacher
+    hp = _hp(iterations=4, lr=0.3)
+    lr = recover_core.cosine_lr(hp)
+    assert [float(lr(t)) for t in range(4)] == pytest.approx(
+        [0.3, 0.5 * (1 + np.cos(np.pi / 4)) * 0.3, 0.15, 0.5 * (1 + np.cos(3 * np.pi / 4)) * 0.3])
+    x = recover_core.init_images(0, jnp.arange(4), jnp.zeros(4, jnp.int32), (12, 12, 1))
+    tx = recover_core.optimizer(hp)
+    out, _, metrics = recover_core.run_iterations(
+        x, tx.init(x), jnp.arange(4), jax.random.key(0), 0, 4, model=model, variables=variables, hp=hp)
+    assert float(out.min()) >= -2.0 - 1e-6 and float(out.max()) <= 2.0 + 1e-6  # (0-.5)/.25, (1-.5)/.25
+    assert np.isfinite(float(metrics["loss"]))
+
+
+def test_batch_plan_sequential_and_classwise():
+    seq = recover.plan_batches(num_classes=1000, ipc=2, batch_size=100)
+    assert len(seq) == 20 and seq[0].classes == tuple(range(100)) and set(seq[0].ipcs) == {0}
+    assert seq[10].classes == tuple(range(100)) and set(seq[10].ipcs) == {1}
+    few = recover.plan_batches(num_classes=10, ipc=10, batch_size=100)
+    assert len(few) == 1 and sorted(zip(few[0].classes, few[0].ipcs)) == [
+        (c, k) for c in range(10) for k in range(10)]
+    cw = recover.plan_batches(num_classes=4, ipc=50, batch_size=100, composition="classwise")
+    assert len(cw) == 2 and cw[0].classes == (0,) * 50 + (1,) * 50
+    with pytest.raises(ValueError, match="cuts batch"):
+        recover.select_range(recover.plan_batches(10, 10, 20), (0, 1), (0, 10))
+
+
+def _run(tmp_path, name, devices, teacher, **opts):
+    c = tiny_config(teacher=teacher, **opts)
+    floats: dict = {}
+    recover.recover(c, str(tmp_path / name), num_devices=devices, keep_float=floats)
+    return floats
+
+
+def _assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys() and len(a) == 16
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_images_do_not_depend_on_device_count_and_tree_is_written(tmp_path, tiny_teacher):
+    ref = _run(tmp_path, "d1", 1, tiny_teacher[2])
+    for n in (2, 4):
+        _assert_same(ref, _run(tmp_path, f"d{n}", n, tiny_teacher[2]))
+    tree = sorted(os.listdir(tmp_path / "d1" / "recover" / "images"))
+    assert tree == ["a", "b", "c", "d"]
+    assert sorted(os.listdir(tmp_path / "d1" / "recover" / "images" / "a")) == [
+        "000.png", "001.png", "002.png", "003.png"]
+    manifest = json.load(open(tmp_path / "d1" / "recover" / "manifest.json"))
+    assert len(manifest["images"]) == 16 and {"ce", "bn_loss", "teacher_pred"} <= set(manifest["images"][0])
+    assert manifest["config"]["recover"]["iterations"] == 6
+    # Different seeds are different images: the comparison above could fail.
+    assert not np.allclose(ref[(0, 0)], ref[(0, 1)])
+
+
+def test_range_split_reproduces_single_run(tmp_path, tiny_teacher):
+    whole = _run(tmp_path, "whole", 2, tiny_teacher[2])
+    split = _run(tmp_path, "split", 2, tiny_teacher[2], ipc_end=2)
+    split.update(_run(tmp_path, "split", 1, tiny_teacher[2], ipc_start=2))
+    _assert_same(whole, split)
+    manifest = json.load(open(tmp_path / "split" / "recover" / "manifest.json"))
+    assert len(manifest["images"]) == 16
+
+
+def _cli(workdir, teacher, env_extra=None, iterations=12):
+    env = {**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "sre2l_jax.main",
+         f"--config={TESTS}/tiny_config.py:recover,teacher={teacher},iterations={iterations}",
+         f"--workdir={workdir}"], env=env, capture_output=True, text=True, timeout=300)
+
+
+def _pngs(root):
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            out[os.path.relpath(os.path.join(dirpath, f), root)] = open(os.path.join(dirpath, f), "rb").read()
+    return out
+
+
+def test_kill_and_resume_gives_identical_images(tmp_path, tiny_teacher):
+    ref = _cli(tmp_path / "ref", tiny_teacher[2])
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    killed = _cli(tmp_path / "run", tiny_teacher[2], {"SRE2L_FAULT_KILL_AFTER_SAVES": "2"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not os.path.exists(tmp_path / "run" / "recover" / "manifest.json")
+    resumed = _cli(tmp_path / "run", tiny_teacher[2])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed batches" in resumed.stdout
+    ref_png = _pngs(tmp_path / "ref" / "recover" / "images")
+    assert len(ref_png) == 16 and _pngs(tmp_path / "run" / "recover" / "images") == ref_png
+    ref_m = json.load(open(tmp_path / "ref" / "recover" / "manifest.json"))["images"]
+    run_m = json.load(open(tmp_path / "run" / "recover" / "manifest.json"))["images"]
+    np.testing.assert_allclose([e["ce"] for e in ref_m], [e["ce"] for e in run_m], atol=1e-6)
+
+
+def test_two_processes_match_one_device(tmp_path, tiny_teacher):
+    ref = _run(tmp_path, "one", 1, tiny_teacher[2], batch_size=4)  # 4 batches for 4 devices
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for pid in range(2):
+        env = {**os.environ, "PYTHONPATH": REPO, "SRE2L_COORDINATOR": f"127.0.0.1:{port}",
+               "SRE2L_NUM_PROCESSES": "2", "SRE2L_PROCESS_ID": str(pid),
+               "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.join(TESTS, "run_recover_process.py"),
+             f"recover,teacher={tiny_teacher[2]},batch_size=4", str(tmp_path / "multi"), TESTS],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    got = {}
+    for pid in range(2):
+        with np.load(tmp_path / "multi" / f"float_{pid}.npz") as z:
+            assert len(z.files) > 0  # each host wrote its own share
+            got.update({tuple(int(v) for v in k.split("_")): z[k] for k in z.files})
+    _assert_same(ref, got)
+
+
+def test_clear_errors(tmp_path, tiny_teacher):
+    with pytest.raises(FileNotFoundError, match="no model checkpoint"):
+        recover.recover(tiny_config(teacher=str(tmp_path / "nope")), str(tmp_path / "w"))
+    c = tiny_config(teacher=tiny_teacher[2])
+    c.data.num_classes = 5
+    with pytest.raises(ValueError, match="has 4 classes but the data has 5"):
+        recover.recover(c, str(tmp_path / "w"))
+    _, variables, _ = tiny_teacher
+    broken = jax.tree.map(np.array, variables)
+    broken["params"]["fc"]["bias"][0] = np.nan
+    path = str(tmp_path / "nan_teacher")
+    checkpoint.save_model(path, broken, json.load(open(os.path.join(tiny_teacher[2], "model.json"))))
+    with pytest.raises(FloatingPointError, match="NaN"):
+        recover.recover(tiny_config(teacher=path), str(tmp_path / "nan"))
+    assert not os.path.exists(tmp_path / "nan" / "recover" / "manifest.json")
+    assert not os.path.exists(tmp_path / "nan" / "recover" / "images")
