@@ -50,5 +50,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    logging.set_verbosity(logging.INFO)
+    # Orbax and Grain log every save at INFO; our own progress lines go to stdout regardless.
+    logging.set_verbosity(logging.WARNING)
     app.run(main)

@@ -8,7 +8,6 @@ import os
 import time
 
 import jax
-from absl import logging
 
 
 def _fmt_seconds(s: float) -> str:
@@ -40,7 +39,7 @@ class MetricsLog:
         if self._writer:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
-            logging.info("%s", self.progress_line(step, values))
+            print(self.progress_line(step, values), flush=True)
 
     def progress_line(self, step: int, values: dict) -> str:
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
