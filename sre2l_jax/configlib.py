@@ -176,3 +176,29 @@ def shrink_for_runlocal(c: ml_collections.ConfigDict) -> None:
     c.validate.student_width = 8
     c.validate.eval_every_epochs = 5
     c.validate.seeds = (0,)
+
+
+def imagenet_recipe(c: ml_collections.ConfigDict) -> None:
+    """SPEC's ImageNet-1K defaults for data, recovery and the FKD-style student (224², ResNet-18)."""
+    c.data.source = "imagefolder"
+    c.data.train_split, c.data.eval_split = "train", "val"
+    c.data.image_size, c.data.channels, c.data.eval_resize = 224, 3, 256
+    c.data.mean, c.data.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    c.data.train_augment = "rrc_flip"
+    c.model.arch, c.model.stem, c.model.width = "resnet18", "imagenet", 64
+    c.recover.lr, c.recover.alpha_bn, c.recover.jitter = 0.25, 0.01, (0, 32)
+    c.recover.iterations, c.recover.batch_size = 4000, 100
+    c.relabel.temperature, c.relabel.mix = 20.0, "cutmix"
+    c.relabel.epochs = c.validate.epochs = 300
+    c.relabel.batch_size = c.validate.batch_size = 1024
+    c.validate.optimizer, c.validate.lr, c.validate.weight_decay = "adamw", 1e-3, 0.01
+    c.validate.schedule, c.validate.tau2_factor = "cosine_epoch", False
+
+
+def lowres_squeeze(c: ml_collections.ConfigDict, *, lr: float, weight_decay: float, batch_size: int,
+                   epochs: int, warmup_epochs: int) -> None:
+    """The authors' "modified" ResNet (3×3 stem, no max-pool) trained with SGD + cosine."""
+    c.model.stem = "lowres"
+    s = c.squeeze
+    s.optimizer, s.lr, s.momentum, s.weight_decay = "sgd", lr, 0.9, weight_decay
+    s.batch_size, s.epochs, s.warmup_epochs = batch_size, epochs, warmup_epochs

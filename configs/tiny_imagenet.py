@@ -1,0 +1,34 @@
+r"""Tiny-ImageNet (200 classes, 64²) with the authors' modified ResNet-18 (SPEC §1-3).
+
+Data: the official tiny-imagenet-200 folder (train/<wnid>/images/*.JPEG, val/images + val_annotations.txt).
+  python -m sre2l_jax.main --config=configs/tiny_imagenet.py:all,data_dir=tiny-imagenet-200 --workdir=W
+Import the authors' squeezed model instead of training: weights=PATH.pth (a `{'state_dict': ...}`
+checkpoint with `module.` prefixes is fine). Options: ipc=N, arch=resnet18|resnet50, weights=, data_dir=.
+"""
+
+from sre2l_jax import configlib
+
+
+def get_config(arg: str | None = None):
+    arg = configlib.parse_arg(arg, arch="resnet18", ipc=50, weights="", data_dir="tiny-imagenet-200")
+    c = configlib.base_config()
+    c.stage, c.runlocal = arg.stage, arg.runlocal
+    d = c.data
+    d.name, d.source, d.dir, d.num_classes = "tiny_imagenet", "imagefolder", arg.data_dir, 200
+    d.train_split, d.eval_split, d.image_size, d.channels = "train", "val", 64, 3
+    d.mean, d.std = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
+    d.train_augment = "rrc_flip"
+    c.model.arch = arg.arch
+    configlib.lowres_squeeze(c, lr=0.2, weight_decay=1e-4, batch_size=256, epochs=50, warmup_epochs=5)
+    c.squeeze.torchvision_weights = arg.weights
+    r = c.recover
+    r.ipc, r.lr, r.alpha_bn, r.iterations, r.jitter, r.batch_size = arg.ipc, 0.1, 1.0, 4000, (-4, 4), 100
+    c.relabel.temperature, c.relabel.mix = 20.0, "none"
+    c.relabel.epochs = c.validate.epochs = 100
+    c.relabel.batch_size = c.validate.batch_size = 256
+    v = c.validate
+    v.student_arch, v.optimizer, v.lr, v.momentum, v.weight_decay = arg.arch, "sgd", 0.2, 0.9, 1e-4
+    v.warmup_epochs, v.tau2_factor, v.schedule = 5, True, "cosine_epoch"
+    if arg.runlocal:
+        configlib.shrink_for_runlocal(c)
+    return configlib.lock(c)
