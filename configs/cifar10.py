@@ -7,7 +7,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cifar100  # noqa: E402
+import cifar100
 
 
 def get_config(arg: str | None = None):

@@ -1,6 +1,7 @@
 r"""CIFAR-100 (or CIFAR-10 via configs/cifar10.py) from TFDS, modified ResNet-18 (SPEC §1-3).
 
-Prepare once with a network: `python -c "import tensorflow_datasets as tfds; tfds.builder('cifar100').download_and_prepare()"`
+Prepare once, on a machine with a network:
+  python -c "import tensorflow_datasets as tfds; tfds.builder('cifar100').download_and_prepare()"
   python -m sre2l_jax.main --config=configs/cifar100.py:all --workdir=W
 Recovery uses no crop and a jitter in [0, 4] as the authors' CIFAR script; the student follows the
 method (teacher in eval mode). Options: ipc=N, weights=PATH.pth, data_dir=TFDS_DIR.

@@ -4,7 +4,8 @@ Prepare: an ImageFolder tree DATA/{train,val}/<wnid>/*.JPEG (val sorted into cla
 torchvision weights, e.g. `python -c "import torch, torchvision; torch.save(torchvision.models.
 resnet18(weights='IMAGENET1K_V1').state_dict(), 'resnet18_v1.pth')"` on a machine with a network.
 
-  python -m sre2l_jax.main --config=configs/imagenet.py:squeeze,weights=resnet18_v1.pth,data_dir=DATA --workdir=W
+  python -m sre2l_jax.main \
+      --config=configs/imagenet.py:squeeze,weights=resnet18_v1.pth,data_dir=DATA --workdir=W
   python -m sre2l_jax.main --config=configs/imagenet.py:recover,ipc=50,data_dir=DATA --workdir=W
   python -m sre2l_jax.main --config=configs/imagenet.py:validate,ipc=50,data_dir=DATA --workdir=W
 Options: arch=resnet18|resnet50 (α_BN is per arch: ResNet-50's BN loss is ~100× larger),

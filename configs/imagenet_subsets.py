@@ -3,7 +3,8 @@ r"""10- and 100-class ImageNet subsets of SRe²L's Table 1, as class-id lists ov
 The ImageNet-1K data (ImageFolder or TFDS, see configs/imagenet.py) is read through `data.class_ids`;
 nothing is copied. The squeezed model is trained on the subset (a 1000-way torchvision model does
 not have the subset's BN statistics).
-  python -m sre2l_jax.main --config=configs/imagenet_subsets.py:all,subset=imagenette,data_dir=DATA --workdir=W
+  python -m sre2l_jax.main \
+      --config=configs/imagenet_subsets.py:all,subset=imagenette,data_dir=DATA --workdir=W
 Subsets: imagenette, imagewoof (112²); MTT's imagefruit, imagemeow, imagesquawk, imageyellow (128²);
 imagenet10 / imagenet100 (224²): IDC's class100.txt order, pass it as class_list=FILE (one wnid per
 line; ImageNet-10 is its first 10 lines). MTT's code defines no "ImageBlub" list, so none is offered.
