@@ -11,7 +11,7 @@ from sre2l_jax import configlib
 
 
 def get_config(arg: str | None = None):
-    arg = configlib.parse_arg(arg, ipc=10, width=16, iterations=1000)
+    arg = configlib.parse_arg(arg, ipc=10, width=8, iterations=1000)
     c = configlib.base_config()
     c.stage, c.runlocal = arg.stage, arg.runlocal
 
@@ -23,18 +23,15 @@ def get_config(arg: str | None = None):
     c.data.image_size = 28
     c.data.channels = 1
     c.data.mean, c.data.std = (0.2860,), (0.3530,)
-    c.data.train_augment = "crop_flip"
-    c.data.crop_padding = 2
+    c.data.train_augment = "flip"  # SPEC/Table 2: augmentation in squeeze hurts recovery
 
     c.model.arch, c.model.stem, c.model.width = "resnet18", "lowres", arg.width
 
-    c.squeeze.epochs = 4
-    c.squeeze.batch_size = 256
-    c.squeeze.optimizer = "sgd"
-    c.squeeze.lr = 0.1
-    c.squeeze.weight_decay = 5e-4
-    c.squeeze.warmup_epochs = 0
-    c.squeeze.checkpoint_every_steps = 100
+    # Measured on 2 cores: width 8, 8 epochs, flip only → 92.9% in 8.5 min (width 16, 4 epochs,
+    # crop+flip: 90.6% in the same time; width 8 with crop+flip: 91.7%).
+    s = c.squeeze
+    s.epochs, s.batch_size, s.optimizer, s.lr, s.weight_decay = 8, 256, "sgd", 0.1, 5e-4
+    s.warmup_epochs, s.schedule, s.eval_every_epochs, s.checkpoint_every_steps = 0, "cosine_step", 2, 200
 
     c.recover.ipc = arg.ipc
     c.recover.iterations = arg.iterations

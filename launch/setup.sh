@@ -12,11 +12,14 @@ cd "$(dirname "$0")/.."
 extras=""
 [[ "${1:-}" == "--test" ]] && extras="[test,torch]"
 
-if [[ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]]; then
+debs=()
+[[ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]] || debs+=(dataset-fashion-mnist)
+[[ -n "$extras" ]] && ! command -v shellcheck >/dev/null && debs+=(shellcheck)  # the launch-script tests
+if [[ ${#debs[@]} -gt 0 ]]; then
   sudo=""
   [[ "$(id -u)" != 0 ]] && sudo="sudo"
   $sudo apt-get update -q
-  $sudo apt-get install -y -q dataset-fashion-mnist
+  $sudo apt-get install -y -q "${debs[@]}"
 fi
 
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"

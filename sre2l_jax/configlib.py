@@ -83,6 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
     s.momentum = 0.9
     s.weight_decay = 1e-4
     s.warmup_epochs = 5
+    s.schedule = "cosine_epoch"  # cosine_epoch (the authors' scripts) | cosine_step
     s.label_smoothing = 0.0
     s.eval_every_epochs = 1
     s.checkpoint_every_steps = 200
@@ -130,6 +131,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.validate = v = ml_collections.ConfigDict()
     v.labels = "online"  # online | stored
+    # Online mode rounds the teacher's logits through this dtype; "float16" gives exactly what
+    # stored labels hold, so an online run can be compared with a stored-label run.
+    v.teacher_logits_dtype = "float32"
     v.student_arch = "resnet18"
     v.student_width = 64
     v.epochs = 300

@@ -88,7 +88,8 @@ def train_and_evaluate(config, workdir: str, num_devices: int = 0) -> dict:
     total_steps = sc.max_steps or sc.epochs * steps_per_epoch
     model = create_model(config.model.arch, dc.num_classes, config.model.width, config.model.stem,
                          jnp.dtype(config.model.dtype))
-    schedule = optim.cosine_with_warmup(sc.lr, sc.epochs, steps_per_epoch, sc.warmup_epochs)
+    schedule = optim.cosine_with_warmup(sc.lr, sc.epochs, steps_per_epoch, sc.warmup_epochs,
+                                        per_epoch=sc.schedule == "cosine_epoch")
     tx = optim.make_optimizer(sc.optimizer, schedule, momentum=sc.momentum,
                               weight_decay=sc.weight_decay)
 

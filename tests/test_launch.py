@@ -1,0 +1,35 @@
+"""Launch scripts: valid bash, shellcheck-clean, a --dry-run that prints the plan."""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ["launch/local_cluster.sh", "launch/tpu_pod.sh", "launch/gpu_slurm.sbatch", "launch/setup.sh"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_script_is_valid_and_documents_its_variables(script):
+    path = os.path.join(REPO, script)
+    assert subprocess.run(["bash", "-n", path]).returncode == 0
+    assert shutil.which("shellcheck"), "shellcheck missing: launch/setup.sh --test installs it"
+    out = subprocess.run(["shellcheck", path], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
+    head = open(path).read().split("set -euo pipefail")[0]
+    assert "Variables" in head or "Variables:" in head
+
+
+@pytest.mark.parametrize("script,args,expect", [
+    ("launch/local_cluster.sh", ["3", "--config=configs/fashion_mnist.py:recover", "--workdir=/tmp/w"],
+     "process 2: SRE2L_PROCESS_ID=2"),
+    ("launch/tpu_pod.sh", ["--config=configs/imagenet.py:recover,tfds=1", "--workdir=gs://b/w"],
+     "gcloud compute tpus tpu-vm create sre2l"),
+    ("launch/gpu_slurm.sbatch", ["--config=configs/imagenet.py:recover", "--workdir=/w"], "GPU processes"),
+])
+def test_dry_run_prints_the_plan_and_runs_nothing(script, args, expect):
+    out = subprocess.run(["bash", os.path.join(REPO, script), "--dry-run", *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert expect in out.stdout
