@@ -31,6 +31,7 @@ PAPER = {"tv+l2": (22.9, 29.9), "tv": (23.2, 29.9), "l2": (40.8, 30.1), "none": 
 def run_ablation(config, workdir: str) -> str:
     config.unlock()
     run_all.run_stage_once(config, workdir, "squeeze")
+    config.validate.baselines = ()  # the table compares recovery settings; baselines do not change
     config.recover.teacher = config.recover.teacher or os.path.join(workdir, "squeeze", "model")
     rows = []
     for name, tv, l2, crop in SETTINGS:

@@ -35,7 +35,8 @@ def test_every_config_builds_for_every_stage_and_runlocal(name):
     small = load_config(name, "recover,runlocal")
     assert small.runlocal and small.recover.iterations <= 20 and small.model.width <= 8
     doc = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-    assert "python -m sre2l_jax.main --config=configs/" in open(doc.origin).read()
+    text = open(doc.origin).read()
+    assert "python -m sre2l_jax.main" in text and f"--config=configs/{name}.py:" in text
 
 
 def test_parse_arg_errors():

@@ -1,0 +1,319 @@
+"""Relabel + validate: losses by hand, the AdamW mask, stored = online, device counts, resume, errors."""
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+from test_data import write_idx
+
+from sre2l_jax import checkpoint, optim, relabel, student, validate
+from sre2l_jax.models import create_model, init_variables
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
+FOLDERS = ["a", "b", "c", "d"]  # recover's folders for the tiny teacher's class names
+
+CONFIG_FILE = '''
+import tiny_config  # tests/ is on sys.path: PYTHONPATH in the CLI, pytest's rootdir in-process
+
+
+def get_config(arg=None):
+    c = tiny_config.get_config(arg)
+    c.unlock()
+    c.data.source, c.data.dir, c.data.class_ids = "idx", {data_dir!r}, (0, 1, 2, 3)
+    v = c.validate
+    v.student_arch, v.student_width, v.lr, v.epochs, v.batch_size = "_tiny", 4, 1e-2, 3, 12
+    v.eval_every_epochs, v.checkpoint_every_epochs, v.seeds, v.baselines = 2, 2, (0,), ()
+    # Online runs round the teacher's logits through float16 as stored labels do, so the two
+    # modes must agree to float32 reduction-order noise.
+    v.teacher_logits_dtype = "float16"
+    c.relabel.epochs, c.relabel.batch_size, c.relabel.temperature = 3, 12, 4.0
+    c.log_every_steps = 100
+    return c.lock()
+'''
+
+
+def _numpy_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_kd_and_hard_losses_match_numpy():
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(0, 3, (5, 7)), rng.normal(0, 3, (5, 7))
+    for tau, tau2 in ((1.0, False), (4.0, True), (20.0, False)):
+        p, q = _numpy_softmax(t / tau), _numpy_softmax(s / tau)
+        expected = np.sum(p * (np.log(p) - np.log(q))) / 5 * (tau**2 if tau2 else 1.0)
+        got = float(student.kd_loss(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), tau, tau2))
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # Top-k targets: filled classes get exactly zero mass, the rest is the renormalized top-k.
+    arrays = {"topk_indices": np.argsort(-t, 1)[:, :3].astype(np.int16)}
+    arrays["topk_values"] = np.take_along_axis(t, arrays["topk_indices"].astype(int), 1).astype(np.float16)
+    full = relabel.full_logits(arrays, 7)
+    assert np.sum(full == relabel.FILL_LOGIT) == 5 * 4
+    p = np.zeros((5, 7))
+    top = arrays["topk_values"].astype(np.float64) / 4.0
+    np.put_along_axis(p, arrays["topk_indices"].astype(int), _numpy_softmax(top), 1)
+    log_q = np.log(_numpy_softmax(s / 4.0))
+    expected = np.sum(np.where(p > 0, p * (np.log(np.where(p > 0, p, 1)) - log_q), 0)) / 5
+    got = float(student.kd_loss(jnp.asarray(s, jnp.float32), jnp.asarray(full), 4.0, False))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # Hard labels mixed by λ with the partner permutation.
+    labels, perm, lam = np.array([0, 1, 2, 3, 4]), np.array([2, 0, 1, 4, 3]), 0.3
+    ce = -np.log(_numpy_softmax(s))
+    expected = np.mean(lam * ce[np.arange(5), labels] + (1 - lam) * ce[np.arange(5), labels[perm]])
+    got = float(student.hard_loss(jnp.asarray(s, jnp.float32), jnp.asarray(labels),
+                                  {"perm": jnp.asarray(perm), "lam": jnp.float32(lam)}))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_adamw_decays_conv_and_dense_kernels_only():
+    model = create_model("_tiny", 4, width=4, stem="lowres")
+    params = init_variables(model, jax.random.key(0), (12, 12, 1))["params"]
+    mask = optim.kernel_mask(params)
+    flat = {"/".join(str(k.key) for k in path): m
+            for path, m in jax.tree_util.tree_flatten_with_path(mask)[0]}
+    assert flat["conv1/kernel"] and flat["fc/kernel"] and flat["layer2_0/downsample_conv/kernel"]
+    assert not flat["fc/bias"] and not flat["bn1/scale"] and not flat["bn1/bias"]
+    assert not flat["layer1_0/bn2/scale"]
+    assert sum(flat.values()) == sum(1 for k in flat if k.endswith("kernel"))
+    # And the optimizer acts on it: with zero gradients only kernels move (decoupled decay).
+    tx = optim.make_optimizer("adamw", lambda _: 0.1, weight_decay=0.5)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    for (path, p), n in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(new)):
+        expected = p * (1 - 0.1 * 0.5) if p.ndim > 1 else p
+        np.testing.assert_allclose(n, expected, rtol=1e-6, err_msg=str(path))
+
+
+def test_mix_plans():
+    spec = student.AugSpec(12, (0.5,), (0.25,), mix="cutmix")
+    plan = jax.jit(lambda k: student.mix_plan(k, 8, spec))(jax.random.key(3))
+    box = np.asarray(plan["box"])
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    assert float(plan["lam"]) == pytest.approx(1 - area / 144) and sorted(plan["perm"]) == list(range(8))
+    off = student.mix_plan(jax.random.key(3), 8, student.AugSpec(12, (0.5,), (0.25,), mix_prob=0.0))
+    assert float(off["lam"]) == 1.0 and not np.any(off["box"])
+    mixup = student.mix_plan(jax.random.key(3), 8, student.AugSpec(12, (0.5,), (0.25,), mix="mixup"))
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 12, 12, 1)), jnp.float32)
+    full = {"boxes": jnp.tile(jnp.array([0, 0, 12, 12]), (8, 1)), "flips": jnp.zeros(8, bool), **mixup}
+    lam = float(mixup["lam"])
+    np.testing.assert_allclose(student.apply_plan(x, full, student.AugSpec(12, (0.5,), (0.25,), mix="mixup")),
+                               lam * x + (1 - lam) * x[np.asarray(mixup["perm"])], atol=1e-5)
+
+
+# ---------------------------------------------------------------- end to end on a tiny set
+
+def _write_synthetic(workdir, ipc=4, seed=0):
+    rng = np.random.default_rng(seed)
+    for folder in FOLDERS:
+        os.makedirs(os.path.join(workdir, "recover", "images", folder))
+        for k in range(ipc):
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(
+                os.path.join(workdir, "recover", "images", folder, f"{k:03d}.png"))
+    checkpoint.write_json_atomic(os.path.join(workdir, "recover", "manifest.json"),
+                                 {"class_folders": FOLDERS})
+
+
+def _load_config(path, teacher, **edits):
+    spec = importlib.util.spec_from_file_location("validate_test_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(f"validate,teacher={teacher}")
+    c.unlock()
+    for key, value in edits.items():
+        section, name = key.split("__")
+        c[section][name] = value
+    return c
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_teacher):
+    """A tiny IDX data set (4 classes, 12×12), 16 synthetic PNGs and the config file using them."""
+    root = tmp_path_factory.mktemp("validate")
+    rng = np.random.default_rng(1)
+    os.makedirs(root / "idx")
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        write_idx(str(root / "idx" / f"{prefix}-images-idx3-ubyte"),
+                  rng.integers(0, 256, (n, 12, 12), dtype=np.uint8))
+        write_idx(str(root / "idx" / f"{prefix}-labels-idx1-ubyte"), (np.arange(n) % 4).astype(np.uint8))
+    _write_synthetic(str(root / "synthetic"))
+    config_path = root / "validate_config.py"
+    config_path.write_text(CONFIG_FILE.format(data_dir=str(root / "idx")))
+    config = lambda **edits: _load_config(str(config_path), tiny_teacher[2], **edits)
+    return {"root": root, "config": config, "config_path": str(config_path), "teacher": tiny_teacher[2]}
+
+
+def _workdir(env, name):
+    w = env["root"] / name
+    shutil.copytree(env["root"] / "synthetic", w)
+    return str(w)
+
+
+def _run_dir(workdir, entry="sre2l", seed=0, stored=False):
+    return os.path.join(workdir, "validate", "runs", validate.run_name(entry, seed, stored))
+
+
+def _student_params(workdir, entry="sre2l", seed=0, stored=False):
+    return checkpoint.load_model(os.path.join(_run_dir(workdir, entry, seed, stored), "model"))[0]
+
+
+def _max_diff(a, b):
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.fixture(scope="module")
+def runs(env):
+    """Online on 1 device (with baselines, 2 seeds), online on 4, relabel, stored on 4."""
+    one, four, stored = _workdir(env, "one"), _workdir(env, "four"), _workdir(env, "stored")
+    out = {"one": one, "four": four, "stored": stored}
+    c = env["config"](validate__seeds=(0, 1), validate__baselines=validate.BASELINES)
+    out["summary_one"] = validate.validate(c, one, num_devices=1)
+    out["summary_four"] = validate.validate(env["config"](), four, num_devices=4)
+    out["relabel"] = relabel.relabel(env["config"](), stored, num_devices=4)
+    out["summary_stored"] = validate.validate(env["config"](validate__labels="stored"), stored,
+                                              num_devices=4)
+    return out
+
+
+def test_device_count_does_not_change_the_student(runs):
+    assert _max_diff(_student_params(runs["one"]), _student_params(runs["four"])) < 2e-5
+    assert runs["summary_one"]["per_seed"][0] == runs["summary_four"]["per_seed"][0]
+    # Different seeds give different students, so the comparison above could fail.
+    assert _max_diff(_student_params(runs["one"], seed=0), _student_params(runs["one"], seed=1)) > 1e-2
+
+
+def test_stored_labels_reproduce_online_training(runs):
+    assert _max_diff(_student_params(runs["four"]), _student_params(runs["stored"], stored=True)) < 2e-5
+    assert runs["summary_stored"]["top1"] == runs["summary_four"]["top1"]
+    assert runs["summary_stored"]["top5"] == runs["summary_four"]["top5"]
+    four = json.load(open(os.path.join(_run_dir(runs["four"]), "result.json")))
+    stored = json.load(open(os.path.join(_run_dir(runs["stored"], stored=True), "result.json")))
+    assert [h["epoch"] for h in four["history"]] == [2, 3] and four["history"] == stored["history"]
+
+
+def test_relabel_files(runs, env):
+    d = os.path.join(runs["stored"], "relabel")
+    assert sorted(f for f in os.listdir(d) if f.endswith(".npz")) == [
+        "epoch_00000.npz", "epoch_00001.npz", "epoch_00002.npz"]
+    z = relabel.read_epoch(d, 1)
+    assert z["logits"].dtype == np.float16 and z["logits"].shape == (16, 4)
+    assert sorted(z["order"]) == list(range(16)) and z["boxes"].shape == (16, 4)
+    assert z["mix_lambda"].shape == (2,) and z["mix_box"].shape == (2, 4)  # batches of 12 and 4
+    assert sorted(z["mix_perm"][:12]) == list(range(12)) and sorted(z["mix_perm"][12:]) == list(range(4))
+    np.testing.assert_array_equal(z["order"], student.epoch_order(0, 1, 16))
+    meta = json.load(open(os.path.join(d, "meta.json")))
+    assert meta["complete"] and meta["temperature"] == 4.0 and meta["settings"]["batch_size"] == 12
+    assert meta["storage_bytes"] == sum(os.path.getsize(os.path.join(d, f"epoch_0000{e}.npz"))
+                                        for e in range(3)) == runs["relabel"]["storage_bytes"]
+    # A restart keeps the finished epochs and rewrites nothing.
+    mtime = os.path.getmtime(os.path.join(d, "epoch_00000.npz"))
+    relabel.relabel(env["config"](), runs["stored"], num_devices=4)
+    assert os.path.getmtime(os.path.join(d, "epoch_00000.npz")) == mtime
+
+
+def test_topk_labels_are_stored_and_used(env, runs):
+    w = _workdir(env, "topk")
+    c = env["config"](relabel__top_k=2)  # same shapes as the fixture's runs: nothing to compile
+    relabel.relabel(c, w, num_devices=4)
+    z = relabel.read_epoch(os.path.join(w, "relabel"), 0)
+    full = relabel.read_epoch(os.path.join(runs["stored"], "relabel"), 0)["logits"]
+    assert "logits" not in z and z["topk_values"].shape == (16, 2)
+    np.testing.assert_array_equal(np.sort(z["topk_values"], 1), np.sort(full, 1)[:, 2:])
+    c.validate.labels = "stored"
+    assert np.isfinite(validate.validate(c, w, num_devices=4)["top1"])
+
+
+def test_summary(runs):
+    s = runs["summary_one"]
+    assert s["seeds"] == [0, 1] and s["ipc"] == 4 and s["student"] == "_tiny"
+    assert [p["seed"] for p in s["per_seed"]] == [0, 1]
+    assert s["top1"] == pytest.approx(np.mean([p["top1"] for p in s["per_seed"]]))
+    assert s["top1_std"] == pytest.approx(np.std([p["top1"] for p in s["per_seed"]], ddof=1))
+    assert 0 <= s["teacher_top1"] <= 100 and s["top5"] >= s["top1"]
+    for name in validate.BASELINES:
+        assert set(s[name]) >= {"top1", "top1_std", "top5", "top5_std", "per_seed"}
+        assert len(s[name]["per_seed"]) == 2
+    on_disk = json.load(open(os.path.join(runs["one"], "validate", "summary.json")))
+    assert on_disk["top1"] == s["top1"] and on_disk["real_soft"] == s["real_soft"]
+    assert os.path.getsize(os.path.join(runs["one"], "validate", "metrics.jsonl")) > 0
+
+
+def test_real_subset_matches_ipc_per_class(env):
+    c = env["config"]()
+    from sre2l_jax.data import sources
+    src = sources.build_source(c.data, c.data.train_split)
+    images, labels = validate.real_subset(src, np.array([4, 4, 4, 4]), 0, 12)
+    assert images.shape == (16, 12, 12, 1) and np.bincount(labels).tolist() == [4, 4, 4, 4]
+    again, _ = validate.real_subset(src, np.array([4, 4, 4, 4]), 0, 12)
+    other, _ = validate.real_subset(src, np.array([4, 4, 4, 4]), 1, 12)
+    assert np.array_equal(images, again) and not np.array_equal(images, other)
+
+
+def _cli(env, workdir, env_extra=None):
+    # The subprocess inherits conftest's XLA_FLAGS (4 devices) and uses the same compile cache,
+    # so it runs the very executables the in-process 4-device run compiled.
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, TESTS]),
+               "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",
+               **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "sre2l_jax.main",
+         f"--config={env['config_path']}:validate,teacher={env['teacher']}",
+         "--config.validate.checkpoint_every_epochs=1", f"--workdir={workdir}"],
+        env=environ, capture_output=True, text=True, timeout=300)
+
+
+def test_kill_and_resume_gives_the_same_student(env, runs):
+    run_dir = _workdir(env, "cli_run")
+    killed = _cli(env, run_dir, {"SRE2L_FAULT_KILL_AFTER_SAVES": "2"})  # saves after epochs 1, 2
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not os.path.exists(os.path.join(run_dir, "validate", "summary.json"))
+    resumed = _cli(env, run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed sre2l seed 0 at epoch 2" in resumed.stdout
+    # The reference is the uninterrupted in-process run with the same config on 4 devices.
+    ref = runs["summary_four"]
+    got = json.load(open(os.path.join(run_dir, "validate", "summary.json")))
+    assert (ref["top1"], ref["top5"]) == (got["top1"], got["top5"])
+    assert _max_diff(_student_params(runs["four"]), _student_params(run_dir)) < 1e-6
+
+
+def test_clear_errors(env, runs, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no synthetic images"):
+        validate.validate(env["config"](), str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="has 4 classes but the data has 5"):
+        validate.validate(env["config"](data__num_classes=5), runs["one"])
+    with pytest.raises(ValueError, match="unknown validate.baselines"):
+        validate.validate(env["config"](validate__baselines=("real",)), runs["one"])
+    with pytest.raises(FileNotFoundError, match="run the relabel stage first"):
+        validate.validate(env["config"](validate__labels="stored"), runs["one"])
+    with pytest.raises(ValueError, match="batch_size"):
+        validate.validate(env["config"](validate__labels="stored", validate__batch_size=8), runs["stored"])
+    with pytest.raises(ValueError, match="validate.epochs=5"):
+        validate.validate(env["config"](validate__labels="stored", validate__epochs=5), runs["stored"])
+    with pytest.raises(ValueError, match="holds a run with other settings"):
+        validate.validate(env["config"](validate__lr=0.5), runs["four"], num_devices=4)
+    with pytest.raises(ValueError, match="labels for other settings"):
+        relabel.relabel(env["config"](relabel__mix="none"), runs["stored"], num_devices=4)
+    # Images outside recover's layout: folders come from the teacher's class names.
+    changed = str(tmp_path / "changed")
+    shutil.copytree(os.path.join(runs["stored"], "recover", "images"), changed)
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(os.path.join(changed, "a", "000.png"))
+    with pytest.raises(ValueError, match="other synthetic images"):
+        validate.validate(env["config"](validate__labels="stored", relabel__images=changed),
+                          runs["stored"])
+    os.makedirs(os.path.join(changed, "e"))
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(os.path.join(changed, "e", "000.png"))
+    with pytest.raises(ValueError, match="not among"):
+        validate.validate(env["config"](relabel__images=changed), runs["one"])
