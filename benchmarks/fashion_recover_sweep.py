@@ -12,9 +12,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs"))
-import fashion_mnist  # noqa: E402
+import fashion_mnist
 
-from sre2l_jax import recover  # noqa: E402
+from sre2l_jax import recover
 
 DEFAULT_VARIANTS = [
     "bn1_lr0.1:alpha_bn=1.0;lr=0.1",

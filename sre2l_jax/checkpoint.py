@@ -77,6 +77,18 @@ def check_compatible(meta: dict, *, num_classes: int, channels: int, what: str) 
         raise ValueError(f"{what} expects {meta['channels']}-channel images, the data has {channels}")
 
 
+def load_for_data(path: str, data_cfg, what: str) -> tuple[dict, dict]:
+    """load_model + the checks that the model can serve this data (classes, channels, normalization)."""
+    variables, meta = load_model(path)
+    check_compatible(meta, num_classes=data_cfg.num_classes, channels=data_cfg.channels,
+                     what=f"{what} at {path}")
+    for key in ("mean", "std"):
+        if not np.allclose(meta[key], data_cfg[key]):
+            raise ValueError(f"the {what} at {path} was trained with {key}={meta[key]}, the config "
+                             f"says {tuple(data_cfg[key])}")
+    return variables, meta
+
+
 def manager(directory: str, max_to_keep: int = 2, save_interval_steps: int = 1) -> ocp.CheckpointManager:
     """A CheckpointManager for resumable state (items: 'state' pytree and 'extra' JSON)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,

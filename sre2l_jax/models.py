@@ -164,6 +164,11 @@ def create_model(arch: str, num_classes: int, width: int = 64, stem: str = "imag
     return ARCHS[arch](num_classes=num_classes, width=width, stem=stem, dtype=dtype)
 
 
+def model_from_meta(meta: dict) -> ResNet:
+    """The architecture a model checkpoint's metadata describes."""
+    return create_model(meta["arch"], meta["num_classes"], meta["width"], meta["stem"])
+
+
 def init_variables(model: ResNet, rng: jax.Array, image_shape: Sequence[int]) -> dict:
     """`{'params', 'batch_stats'}` for inputs of shape (H, W, C)."""
     variables = jax.jit(model.init)(rng, jnp.zeros((1, *image_shape), jnp.float32))

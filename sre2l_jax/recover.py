@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from sre2l_jax import checkpoint, parallel, recover_core
 from sre2l_jax.metrics import MetricsLog
-from sre2l_jax.models import create_model
+from sre2l_jax.models import model_from_meta
 from sre2l_jax.recover_images import class_folder_names, save_image
 
 
@@ -79,16 +79,9 @@ def select_range(batches: list[Batch], ipc_range: tuple[int, int],
     return chosen
 
 
-def _load_teacher(config, workdir: str, path: str, what: str):
-    variables, meta = checkpoint.load_model(path)
-    checkpoint.check_compatible(meta, num_classes=config.data.num_classes,
-                                channels=config.data.channels, what=f"{what} at {path}")
-    for key in ("mean", "std"):
-        if not np.allclose(meta[key], config.data[key]):
-            raise ValueError(f"{what} was trained with {key}={meta[key]}, the config says "
-                             f"{tuple(config.data[key])}")
-    model = create_model(meta["arch"], meta["num_classes"], meta["width"], meta["stem"])
-    return model, variables, meta
+def _load_teacher(config, path: str, what: str):
+    variables, meta = checkpoint.load_for_data(path, config.data, what)
+    return model_from_meta(meta), variables, meta
 
 
 def _round_fns(mesh, model, hp: recover_core.RecoverHParams, seed: int):
@@ -158,7 +151,7 @@ def recover(config, workdir: str, num_devices: int = 0, keep_float: dict | None 
     stage_dir = os.path.join(workdir, "recover")
     image_dir = os.path.join(stage_dir, "images")
     teacher_path = rc.teacher or os.path.join(workdir, "squeeze", "model")
-    model, teacher_vars, meta = _load_teacher(config, workdir, teacher_path, "teacher")
+    model, teacher_vars, meta = _load_teacher(config, teacher_path, "teacher")
     hp = recover_core.RecoverHParams.from_config(rc, dc)
     ipc_end = rc.ipc if rc.ipc_end < 0 else rc.ipc_end
     class_end = dc.num_classes if rc.class_end < 0 else rc.class_end
@@ -180,7 +173,7 @@ def recover(config, workdir: str, num_devices: int = 0, keep_float: dict | None 
     slots = mesh.devices.size * rc.batches_per_device
     init, iterate, score = _round_fns(mesh, model, hp, config.seed)
     teacher_vars = parallel.replicate(mesh, teacher_vars)
-    verifier = _load_teacher(config, workdir, rc.verifier, "verifier") if rc.verifier else None
+    verifier = _load_teacher(config, rc.verifier, "verifier") if rc.verifier else None
     mngr = checkpoint.manager(os.path.join(stage_dir, "checkpoints"), max_to_keep=1)
     rounds = _rounds(todo, slots)
     log = MetricsLog(stage_dir, total_steps=len(rounds) * hp.iterations, stage="recover")

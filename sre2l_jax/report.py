@@ -20,8 +20,9 @@ import matplotlib.pyplot as plt
 
 from sre2l_jax import checkpoint
 from sre2l_jax.data import sources
+from sre2l_jax.data.transforms import resize_image
 from sre2l_jax.metrics import read_jsonl
-from sre2l_jax.models import create_model
+from sre2l_jax.models import model_from_meta
 
 
 def _load(path: str) -> dict | None:
@@ -77,8 +78,8 @@ def tsne_plot(config, workdir: str, images, labels, names, path: str, real_per_c
     from sklearn.manifold import TSNE
 
     teacher = config.recover.teacher or os.path.join(workdir, "squeeze", "model")
-    variables, meta = checkpoint.load_model(teacher)
-    model = create_model(meta["arch"], meta["num_classes"], meta["width"], meta["stem"])
+    variables, meta = checkpoint.load_for_data(teacher, config.data, "teacher")
+    model = model_from_meta(meta)
     real_src = sources.build_source(config.data, config.data.eval_split)
     all_labels = sources.source_labels(real_src)
     rng = np.random.default_rng(0)
@@ -86,8 +87,6 @@ def tsne_plot(config, workdir: str, images, labels, names, path: str, real_per_c
                            for c in range(meta["num_classes"])])
     real = [real_src[int(i)] for i in pick]
     size = images.shape[1]
-    from sre2l_jax.data.transforms import resize_image
-
     real_x = np.stack([r["image"] if r["image"].shape[0] == size else resize_image(r["image"], (size, size))
                        for r in real])
     real_y = np.asarray([r["label"] for r in real])
@@ -118,13 +117,16 @@ def loss_curves(workdir: str, path: str) -> None:
     for ax, stage in zip(axes[0], stages):
         rows = read_jsonl(os.path.join(workdir, stage, "metrics.jsonl"))
         for key in ("loss", "ce", "bn"):
-            pts = [(r["step"], r[key]) for r in rows if key in r and r.get("run", "") in ("", "sre2l")]
+            # validate logs several runs into one file; the curve shown is the first SRe²L student.
+            pts = [(r["step"], r[key]) for r in rows
+                   if key in r and r.get("run", "sre2l/seed0") == "sre2l/seed0" and "eval_top1" not in r]
             if pts:
                 ax.plot(*zip(*pts), label=key, lw=1)
         ax.set_title(stage)
         ax.set_xlabel("step")
         ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -144,7 +146,8 @@ def results_rows(workdir: str) -> list[tuple[str, str]]:
         std = val.get("top1_std")
         rows.append((f"SRe²L student ({val.get('student')}, IPC {val.get('ipc')}, soft labels)",
                      f"{val['top1']:.2f}" + (f" ± {std:.2f}" if std is not None else "")))
-        for name, entry in (val.get("baselines") or {}).items():
+        for name in val.get("baselines") or ():
+            entry = val[name]
             rows.append((f"baseline {name}", f"{entry['top1']:.2f} ± {entry.get('top1_std', 0):.2f}"))
     return rows
 

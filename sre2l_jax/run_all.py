@@ -54,6 +54,15 @@ def run_stage_once(config, workdir: str, stage: str) -> dict:
         print(f"[all] {stage}: finished earlier with the same settings, skipped", flush=True)
         with open(path) as f:
             return json.load(f)["summary"]
+    if os.path.exists(path) and jax.process_index() == 0:
+        # Finished with other settings: keep it for reference, but out of the way of the new run.
+        stage_dir = os.path.dirname(path)
+        n = 1
+        while os.path.exists(f"{stage_dir}.superseded{n}"):
+            n += 1
+        os.rename(stage_dir, f"{stage_dir}.superseded{n}")
+        print(f"[all] {stage}: settings changed; previous output moved to {stage_dir}.superseded{n}",
+              flush=True)
     print(f"[all] {stage}: running", flush=True)
     module, fn = _ENTRY[stage]
     summary = getattr(importlib.import_module(module), fn)(config, workdir)

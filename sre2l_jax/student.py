@@ -28,7 +28,7 @@ import optax
 
 from sre2l_jax import augment, checkpoint, parallel
 from sre2l_jax.data import sources
-from sre2l_jax.models import create_model
+from sre2l_jax.models import model_from_meta
 from sre2l_jax.recover_images import class_folder_names
 from sre2l_jax.squeeze import TrainState
 
@@ -265,15 +265,8 @@ class Steps:
 def load_teacher(config, workdir: str):
     """(model, variables, meta, path) of the recovery model, checked against the data config."""
     path = config.recover.teacher or os.path.join(workdir, "squeeze", "model")
-    variables, meta = checkpoint.load_model(path)
-    checkpoint.check_compatible(meta, num_classes=config.data.num_classes,
-                                channels=config.data.channels, what=f"teacher at {path}")
-    for key in ("mean", "std"):
-        if not np.allclose(meta[key], config.data[key]):
-            raise ValueError(f"the teacher at {path} was trained with {key}={meta[key]}, the config "
-                             f"says {tuple(config.data[key])}")
-    model = create_model(meta["arch"], meta["num_classes"], meta["width"], meta["stem"])
-    return model, variables, meta, path
+    variables, meta = checkpoint.load_for_data(path, config.data, "teacher")
+    return model_from_meta(meta), variables, meta, path
 
 
 def synthetic_dir(config, workdir: str) -> str:

@@ -1,0 +1,46 @@
+"""The `all` stage end to end on real Fashion-MNIST (runlocal size): report, table, no redone stages."""
+
+import json
+import os
+
+import pytest
+from test_foundation import FASHION, load_config
+
+from sre2l_jax import run_all
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(FASHION), reason="dataset-fashion-mnist not installed")
+
+
+def test_all_writes_report_and_second_run_skips_finished_stages(tmp_path, capsys):
+    c = load_config("fashion_mnist", "all,runlocal")
+    c.unlock()
+    c.data.max_train_examples, c.data.max_eval_examples = 256, 200
+    c.validate.baselines = ("real_soft",)
+    workdir = str(tmp_path)
+    first = run_all.run_all(c, workdir)
+    out = capsys.readouterr().out
+    assert set(first) == set(run_all.PIPELINE)
+    assert "SRe²L student" in out and "baseline real_soft" in out
+    report = os.path.join(workdir, "report")
+    for name in ("grid.png", "tsne.png", "curves.png"):
+        assert os.path.getsize(os.path.join(report, name)) > 5000, name
+    html = open(os.path.join(report, "index.html")).read()
+    assert 'src="tsne.png"' in html and "SRe²L student" in html
+    summary = json.load(open(os.path.join(workdir, "validate", "summary.json")))
+    assert 0 <= summary["top1"] <= 100 and summary["ipc"] == c.recover.ipc
+
+    stamps = {s: os.path.getmtime(os.path.join(workdir, s, run_all.DONE)) for s in run_all.PIPELINE}
+    model_stamp = os.path.getmtime(os.path.join(workdir, "squeeze", "model", "model.json"))
+    run_all.run_all(c, workdir)
+    out = capsys.readouterr().out
+    assert out.count("finished earlier with the same settings, skipped") == 4
+    assert {s: os.path.getmtime(os.path.join(workdir, s, run_all.DONE)) for s in run_all.PIPELINE} == stamps
+    assert os.path.getmtime(os.path.join(workdir, "squeeze", "model", "model.json")) == model_stamp
+
+    # A changed validate setting redoes validate only.
+    c.validate.epochs = c.relabel.epochs = 10
+    c.validate.lr = 2e-3
+    run_all.run_all(c, workdir)
+    out = capsys.readouterr().out
+    assert out.count("skipped") == 3 and "[all] validate: running" in out
+    assert os.path.exists(os.path.join(workdir, "validate.superseded1", "summary.json"))
