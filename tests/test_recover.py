@@ -234,3 +234,12 @@ def test_clear_errors(tmp_path, tiny_teacher):
         recover.recover(tiny_config(teacher=path), str(tmp_path / "nan"))
     assert not os.path.exists(tmp_path / "nan" / "recover" / "manifest.json")
     assert not os.path.exists(tmp_path / "nan" / "recover" / "images")
+
+
+def test_verifier_reports_accuracy_on_the_results(tmp_path, tiny_teacher):
+    c = tiny_config(teacher=tiny_teacher[2])
+    c.recover.verifier = tiny_teacher[2]  # the teacher as its own verifier must agree with itself
+    summary = recover.recover(c, str(tmp_path / "v"))
+    assert summary["verifier_accuracy"] == pytest.approx(summary["teacher_accuracy"])
+    entries = json.load(open(tmp_path / "v" / "recover" / "manifest.json"))["images"]
+    assert all(e["verifier_pred"] == e["teacher_pred"] for e in entries)
