@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sre2l_jax.conv import canonical_conv
+
 BN_STATS = "bn_stats"
 STEM_BN = "bn1"  # torchvision's name for the stem BatchNorm, the one SRe²L weights by 10.
 
@@ -67,8 +69,11 @@ class BatchNorm(nn.Module):
 
 def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any) -> nn.Conv:
     pad = kernel // 2
+    # On CPU the canonical-gradient conv makes the recovery step 2-3× faster (see conv.py).
+    impl = canonical_conv if jax.default_backend() == "cpu" else jax.lax.conv_general_dilated
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(pad, pad), (pad, pad)],
-                   use_bias=False, kernel_init=conv_init, dtype=dtype, name=name)
+                   use_bias=False, kernel_init=conv_init, dtype=dtype, name=name,
+                   conv_general_dilated=impl)
 
 
 class BasicBlock(nn.Module):
