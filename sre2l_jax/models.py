@@ -13,6 +13,7 @@ Recovery needs, for every BN layer, the mean and biased variance of that layer's
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -69,8 +70,10 @@ class BatchNorm(nn.Module):
 
 def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any) -> nn.Conv:
     pad = kernel // 2
-    # On CPU the canonical-gradient conv makes the recovery step 2-3× faster (see conv.py).
-    impl = canonical_conv if jax.default_backend() == "cpu" else jax.lax.conv_general_dilated
+    # On CPU the canonical-gradient conv makes the recovery step 2-3× faster (see conv.py);
+    # SRE2L_CONV=stock restores XLA's own gradient (the benchmarks compare both).
+    canonical = jax.default_backend() == "cpu" and os.environ.get("SRE2L_CONV") != "stock"
+    impl = canonical_conv if canonical else jax.lax.conv_general_dilated
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(pad, pad), (pad, pad)],
                    use_bias=False, kernel_init=conv_init, dtype=dtype, name=name,
                    conv_general_dilated=impl)
