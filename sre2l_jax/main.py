@@ -12,31 +12,15 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sre2l_jax import parallel
+from sre2l_jax import parallel, run_all
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/fashion_mnist.py:all")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, images and results.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# stage name -> (module, function(config, workdir) -> summary dict)
-STAGE_FUNCTIONS = {
-    "squeeze": ("sre2l_jax.squeeze", "train_and_evaluate"),
-    "recover": ("sre2l_jax.recover", "recover"),
-    "relabel": ("sre2l_jax.relabel", "relabel"),
-    "validate": ("sre2l_jax.validate", "validate"),
-    "all": ("sre2l_jax.run_all", "run_all"),
-}
-
-
 def run_stage(config, workdir: str) -> dict:
-    module_name, fn_name = STAGE_FUNCTIONS[config.stage]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name != module_name:
-            raise
-        raise SystemExit(f"stage {config.stage!r} is not implemented yet in this version") from None
-    return getattr(module, fn_name)(config, workdir)
+    module_name, fn_name = {**run_all.STAGE_ENTRY, "all": ("sre2l_jax.run_all", "run_all")}[config.stage]
+    return getattr(importlib.import_module(module_name), fn_name)(config, workdir)
 
 
 def main(argv):

@@ -18,8 +18,11 @@ from sre2l_jax import checkpoint
 PIPELINE = ("squeeze", "recover", "relabel", "validate")
 _SECTIONS = {"squeeze": ("data", "model", "squeeze"), "recover": ("recover",),
              "relabel": ("relabel",), "validate": ("validate",)}
-_ENTRY = {"squeeze": ("sre2l_jax.squeeze", "train_and_evaluate"), "recover": ("sre2l_jax.recover", "recover"),
-          "relabel": ("sre2l_jax.relabel", "relabel"), "validate": ("sre2l_jax.validate", "validate")}
+# stage -> (module, function(config, workdir) -> summary); main.py dispatches through it too.
+STAGE_ENTRY = {"squeeze": ("sre2l_jax.squeeze", "train_and_evaluate"),
+               "recover": ("sre2l_jax.recover", "recover"),
+               "relabel": ("sre2l_jax.relabel", "relabel"),
+               "validate": ("sre2l_jax.validate", "validate")}
 DONE = "done.json"
 
 
@@ -64,7 +67,7 @@ def run_stage_once(config, workdir: str, stage: str) -> dict:
         print(f"[all] {stage}: settings changed; previous output moved to {stage_dir}.superseded{n}",
               flush=True)
     print(f"[all] {stage}: running", flush=True)
-    module, fn = _ENTRY[stage]
+    module, fn = STAGE_ENTRY[stage]
     summary = getattr(importlib.import_module(module), fn)(config, workdir)
     mark_done(config, workdir, stage, summary)
     return summary
