@@ -110,12 +110,23 @@ def base_config() -> ml_collections.ConfigDict:
     r.alpha_l2 = 0.0
     r.crop = True  # multi-crop optimization: one RandomResizedCrop per iteration, shared by the batch
     r.crop_scale = (0.08, 1.0)
+    # CDA (easy → hard): the crop's lower scale bound starts at 1.0 and reaches crop_scale[0] after
+    # crop_milestone × iterations; constant keeps SRe²L's fixed crop_scale.
+    r.crop_schedule = "constant"  # constant | linear | cosine | step
+    r.crop_milestone = 1.0
     r.flip = True
     r.jitter = (0, 32)  # roll offsets uniform in [lo, hi] (inclusive), per axis
     r.image_format = "png"  # png (lossless) | jpeg (the original code's output)
     r.jpeg_quality = 75  # PIL's default, what the original code gets
     r.checkpoint_every = 500
     r.batches_per_device = 1
+    # Start images (SRe²L++/DWA, CV-DD, RDED): noise (SRe²L) | real_random | real_medium (the
+    # teacher's medium-confidence images of the slot's class) | real_mosaic (2×2 of real crops).
+    r.init = "noise"
+    r.init_pool = 200  # real_medium / real_mosaic: candidates per class the teacher scores
+    # G-VBSM-style: recovery cycles through [teacher, *extra_teachers], one per iteration; relabel and
+    # validate then take soft labels from the ensemble (mean logits) of the same models.
+    r.extra_teachers = ()
     r.verifier = ""  # optional second model checkpoint that reports accuracy on the results
 
     c.relabel = rl = ml_collections.ConfigDict()

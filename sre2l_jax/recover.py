@@ -23,7 +23,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from sre2l_jax import checkpoint, parallel, recover_core
+from sre2l_jax import checkpoint, parallel, real_init, recover_core
 from sre2l_jax.metrics import MetricsLog
 from sre2l_jax.models import model_from_meta
 from sre2l_jax.recover_images import class_folder_names, save_image
@@ -84,8 +84,12 @@ def _load_teacher(config, path: str, what: str):
     return model_from_meta(meta), variables, meta
 
 
-def _round_fns(mesh, model, hp: recover_core.RecoverHParams, seed: int):
-    """shard_map'd init / iterate / score functions over the leading (parallel batch) axis."""
+def _round_fns(mesh, models: tuple, hp: recover_core.RecoverHParams, seed: int):
+    """shard_map'd init / iterate / score functions over the leading (parallel batch) axis.
+
+    `models`: the teachers recovery cycles through (one for SRe²L); `iterate` takes a tuple of their
+    variables, `score` the variables of the first one.
+    """
     data, rep = P(parallel.DATA_AXIS), P()
     shape = (hp.image_size, hp.image_size, len(hp.mean))
     tx = recover_core.optimizer(hp)
@@ -97,15 +101,21 @@ def _round_fns(mesh, model, hp: recover_core.RecoverHParams, seed: int):
     def iterate_local(x, opt_state, classes, ipcs, variables, t0, t1):
         def one(x, o, c, k):
             key = recover_core.batch_key(seed, c[0], k[0])
-            return recover_core.run_iterations(x, o, c, key, t0, t1, model=model,
+            return recover_core.run_iterations(x, o, c, key, t0, t1, model=models,
                                                variables=variables, hp=hp)
         return jax.vmap(one)(x, opt_state, classes, ipcs)
 
     def score_local(x, classes, variables):
-        return jax.vmap(lambda xx, c: recover_core.final_scores(xx, c, model, variables, hp))(x, classes)
+        return jax.vmap(lambda xx, c: recover_core.final_scores(xx, c, models[0], variables, hp))(
+            x, classes)
 
     smap = functools.partial(jax.shard_map, mesh=mesh)
-    init = jax.jit(smap(init_local, in_specs=(data, data), out_specs=data))
+    noise_init = jax.jit(smap(init_local, in_specs=(data, data), out_specs=data))
+    given_init = jax.jit(smap(lambda x: (x, jax.vmap(tx.init)(x)), in_specs=(data,), out_specs=data))
+
+    def init(classes, ipcs, start=None):
+        return noise_init(classes, ipcs) if start is None else given_init(start)
+
     iterate = jax.jit(smap(iterate_local, in_specs=(data, data, data, data, rep, rep, rep),
                            out_specs=data), donate_argnums=(0, 1))
     score = jax.jit(smap(score_local, in_specs=(data, data, rep), out_specs=data))
@@ -152,6 +162,10 @@ def recover(config, workdir: str, num_devices: int = 0, keep_float: dict | None 
     image_dir = os.path.join(stage_dir, "images")
     teacher_path = rc.teacher or os.path.join(workdir, "squeeze", "model")
     model, teacher_vars, meta = _load_teacher(config, teacher_path, "teacher")
+    extra = [_load_teacher(config, p, f"extra teacher {i + 1}")
+             for i, p in enumerate(rc.extra_teachers)]
+    models = (model, *(m for m, _, _ in extra))
+    teachers = (teacher_vars, *(v for _, v, _ in extra))
     hp = recover_core.RecoverHParams.from_config(rc, dc)
     ipc_end = rc.ipc if rc.ipc_end < 0 else rc.ipc_end
     class_end = dc.num_classes if rc.class_end < 0 else rc.class_end
@@ -164,15 +178,21 @@ def recover(config, workdir: str, num_devices: int = 0, keep_float: dict | None 
     settings = {k: v for k, v in rc.to_dict().items() if k not in
                 ("ipc_start", "ipc_end", "class_start", "class_end", "checkpoint_every")}
     fingerprint = json.dumps({"recover": settings, "seed": config.seed, "size": dc.image_size,
-                              "teacher": os.path.abspath(teacher_path)}, sort_keys=True, default=str)
+                              "teacher": os.path.abspath(teacher_path),
+                              "extra_teachers": [os.path.abspath(p) for p in rc.extra_teachers]},
+                             sort_keys=True, default=str)
     os.makedirs(stage_dir, exist_ok=True)
     progress = _Progress(os.path.join(stage_dir, "progress.json"), fingerprint)
     todo = [b for b in batches if str(b.index) not in progress.done]
 
     mesh = parallel.make_mesh(num_devices)
     slots = mesh.devices.size * rc.batches_per_device
-    init, iterate, score = _round_fns(mesh, model, hp, config.seed)
-    teacher_vars = parallel.replicate(mesh, teacher_vars)
+    init, iterate, score = _round_fns(mesh, models, hp, config.seed)
+    teachers = parallel.replicate(mesh, teachers)
+    start = None
+    if rc.init != "noise":
+        start = real_init.start_images(config, model, teacher_vars,
+                                       [(c, k) for b in todo for c, k in zip(b.classes, b.ipcs)])
     verifier = _load_teacher(config, rc.verifier, "verifier") if rc.verifier else None
     mngr = checkpoint.manager(os.path.join(stage_dir, "checkpoints"), max_to_keep=1)
     rounds = _rounds(todo, slots)
@@ -186,7 +206,9 @@ def recover(config, workdir: str, num_devices: int = 0, keep_float: dict | None 
         padded = jobs + [jobs[-1]] * (slots - len(jobs))  # idle devices redo a job; result dropped
         classes = parallel.shard_host_identical(mesh, np.asarray([b.classes for b in padded], np.int32))
         ipcs = parallel.shard_host_identical(mesh, np.asarray([b.ipcs for b in padded], np.int32))
-        x, opt_state = init(classes, ipcs)
+        x0 = None if start is None else parallel.shard_host_identical(mesh, np.stack(
+            [np.stack([start.images[ck] for ck in zip(b.classes, b.ipcs)]) for b in padded]))
+        x, opt_state = init(classes, ipcs, x0)
         t = 0
         round_ids = [b.index for b in padded]
         latest = checkpoint.latest_extra(mngr)
@@ -196,7 +218,7 @@ def recover(config, workdir: str, num_devices: int = 0, keep_float: dict | None 
             print(f"recover: resumed batches {[b.index for b in jobs]} at iteration {t}", flush=True)
         while t < hp.iterations:
             t1 = min(hp.iterations, (t // chunk + 1) * chunk)
-            x, opt_state, metrics = iterate(x, opt_state, classes, ipcs, teacher_vars,
+            x, opt_state, metrics = iterate(x, opt_state, classes, ipcs, teachers,
                                             jnp.int32(t), jnp.int32(t1))
             t = t1
             n_real = len(jobs)
@@ -208,8 +230,8 @@ def recover(config, workdir: str, num_devices: int = 0, keep_float: dict | None 
                 # The step only has to grow across restarts: finished batches never shrink.
                 checkpoint.save_state(mngr, len(progress.done) * hp.iterations + t, (x, opt_state),
                                       {"round_ids": round_ids, "t": t}, force=True)
-        records = _finish_round(jobs, x, classes, score, teacher_vars, verifier, hp, rc,
-                                image_dir, folders, mesh, keep_float)
+        records = _finish_round(jobs, x, classes, score, teachers[0], verifier, hp, rc,
+                                image_dir, folders, mesh, keep_float, start)
         for b in jobs:
             progress.finish(b, records[b.index])
         images_done += sum(len(b.classes) for b in jobs)
@@ -237,12 +259,12 @@ def recover(config, workdir: str, num_devices: int = 0, keep_float: dict | None 
 
 
 def _finish_round(jobs, x, classes, score, teacher_vars, verifier, hp, rc, image_dir, folders,
-                  mesh, keep_float) -> dict[int, list]:
+                  mesh, keep_float, starts) -> dict[int, list]:
     """Score the final images, write this host's files, return every job's per-image records."""
     scores = multihost_utils.process_allgather(score(x, classes, teacher_vars), tiled=True)
     if verifier is not None:
         v_model, v_vars, _ = verifier
-        _, _, v_score = _round_fns(mesh, v_model, hp, 0)
+        _, _, v_score = _round_fns(mesh, (v_model,), hp, 0)
         v_pred = multihost_utils.process_allgather(
             v_score(x, classes, parallel.replicate(mesh, v_vars)), tiled=True)["pred"]
     ext = "png" if rc.image_format == "png" else "jpg"
@@ -265,6 +287,7 @@ def _finish_round(jobs, x, classes, score, teacher_vars, verifier, hp, rc, image
             {"class": c, "ipc": k, "file": os.path.join(folders[c], f"{k:0{width}d}.{ext}"),
              "ce": float(scores["ce"][slot][i]), "bn_loss": float(scores["bn"][slot][i]),
              "teacher_pred": int(scores["pred"][slot][i]),
+             **({"init_sources": starts.sources[(c, k)]} if starts is not None else {}),
              **({"verifier_pred": int(v_pred[slot][i])} if verifier is not None else {})}
             for i, (c, k) in enumerate(zip(batch.classes, batch.ipcs))]
     multihost_utils.sync_global_devices("recover_round_written")

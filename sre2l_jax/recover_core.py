@@ -33,6 +33,8 @@ class RecoverHParams:
     alpha_l2: float = 0.0
     crop: bool = True
     crop_scale: tuple = (0.08, 1.0)
+    crop_schedule: str = "constant"
+    crop_milestone: float = 1.0
     flip: bool = True
     jitter: tuple = (0, 32)
     adam_b1: float = 0.5
@@ -41,10 +43,18 @@ class RecoverHParams:
 
     @classmethod
     def from_config(cls, rc, data_cfg) -> RecoverHParams:
+        if rc.crop_schedule not in CROP_SCHEDULES:
+            raise ValueError(f"unknown recover.crop_schedule {rc.crop_schedule!r}; known: {CROP_SCHEDULES}")
+        if rc.crop_schedule != "constant" and not rc.crop:
+            raise ValueError(f"recover.crop_schedule={rc.crop_schedule!r} schedules the multi-crop "
+                             "scale, so it needs recover.crop=True")
+        if not 0.0 < rc.crop_milestone <= 1.0:
+            raise ValueError(f"recover.crop_milestone must be in (0, 1], got {rc.crop_milestone}")
         return cls(iterations=rc.iterations, lr=rc.lr, image_size=data_cfg.image_size,
                    mean=tuple(data_cfg.mean), std=tuple(data_cfg.std), alpha_bn=rc.alpha_bn,
                    first_bn_multiplier=rc.first_bn_multiplier, alpha_tv=rc.alpha_tv,
                    alpha_l2=rc.alpha_l2, crop=rc.crop, crop_scale=tuple(rc.crop_scale),
+                   crop_schedule=rc.crop_schedule, crop_milestone=rc.crop_milestone,
                    flip=rc.flip, jitter=tuple(rc.jitter), adam_b1=rc.adam_b1,
                    adam_b2=rc.adam_b2, adam_eps=rc.adam_eps)
 
@@ -86,11 +96,37 @@ def init_images(seed: int, classes: jax.Array, ipcs: jax.Array, shape: tuple) ->
     return jax.vmap(one)(classes, ipcs)
 
 
-def augment_batch(key: jax.Array, x: jax.Array, hp: RecoverHParams) -> jax.Array:
+CROP_SCHEDULES = ("constant", "linear", "cosine", "step")
+
+
+def crop_min_scale(hp: RecoverHParams, t) -> jax.Array:
+    """The crop's lower scale bound at iteration t: CDA's easy → hard curriculum.
+
+    Before crop_milestone × iterations the bound falls from crop_scale[1] (whole image) to
+    crop_scale[0] — linearly, along a half cosine, or (step) stays at crop_scale[1]; afterwards it is
+    crop_scale[0]. `constant` is SRe²L: crop_scale[0] throughout.
+    """
+    lo, hi = hp.crop_scale
+    if hp.crop_schedule not in CROP_SCHEDULES:
+        raise ValueError(f"unknown recover.crop_schedule {hp.crop_schedule!r}; known: {CROP_SCHEDULES}")
+    t = jnp.asarray(t, jnp.float32)
+    if hp.crop_schedule == "constant":
+        return jnp.full_like(t, lo)
+    span = hp.crop_milestone * hp.iterations
+    frac = t / max(span, 1e-9)
+    during = {"linear": lo + (hi - lo) * (1.0 - frac),
+              "cosine": lo + (hi - lo) * (1.0 + jnp.cos(math.pi * frac)) / 2.0,
+              "step": jnp.full_like(t, hi)}[hp.crop_schedule]
+    return jnp.where(t < span, during, lo)
+
+
+def augment_batch(key: jax.Array, x: jax.Array, hp: RecoverHParams, t=0) -> jax.Array:
     """One iteration's shared crop + flip, then the jitter roll (the authors' order)."""
     k_crop, k_flip, k_jit = jax.random.split(key, 3)
     if hp.crop:
-        box = augment.rrc_box(k_crop, x.shape[1], x.shape[2], hp.crop_scale)
+        scale = hp.crop_scale if hp.crop_schedule == "constant" else (crop_min_scale(hp, t),
+                                                                          hp.crop_scale[1])
+        box = augment.rrc_box(k_crop, x.shape[1], x.shape[2], scale)
         x = augment.crop_resize(x, box, hp.image_size)
     if hp.flip:
         x = augment.maybe_flip(x, jax.random.bernoulli(k_flip))
@@ -129,16 +165,34 @@ def pixel_bounds(hp: RecoverHParams) -> tuple[jax.Array, jax.Array]:
     return -mean / std, (1 - mean) / std
 
 
+def teacher_index(t, num_teachers: int):
+    """Which teacher iteration t optimizes against: a fixed cycle, teacher t mod n (G-VBSM)."""
+    return t % num_teachers
+
+
 def run_iterations(x, opt_state, labels, key, t0, t1, *, model, variables, hp: RecoverHParams):
-    """Iterations t0 ≤ t < t1 on one batch; returns (x, opt_state, metrics of the last iteration)."""
+    """Iterations t0 ≤ t < t1 on one batch; returns (x, opt_state, metrics of the last iteration).
+
+    `model` and `variables` may be equal-length tuples of several teachers; iteration t then uses
+    teacher `teacher_index(t, n)` for both the CE and the BN-matching terms.
+    """
+    models = model if isinstance(model, tuple) else (model,)
+    teachers = tuple(variables) if isinstance(model, tuple) else (variables,)
     tx = optimizer(hp)
     lo, hi = pixel_bounds(hp)
-    grad_fn = jax.value_and_grad(
-        lambda xx, k: objective(augment_batch(k, xx, hp), labels, model, variables, hp), has_aux=True)
+
+    def loss(xx, k, t):
+        xa = augment_batch(k, xx, hp, t)
+        branches = [lambda xa, m=m, v=v: objective(xa, labels, m, v, hp) for m, v in zip(models, teachers)]
+        if len(branches) == 1:
+            return branches[0](xa)
+        return jax.lax.switch(teacher_index(t, len(branches)), branches, xa)
+
+    grad_fn = jax.value_and_grad(loss, has_aux=True)
 
     def body(t, carry):
         x, opt_state, _ = carry
-        (_, metrics), g = grad_fn(x, jax.random.fold_in(key, t))
+        (_, metrics), g = grad_fn(x, jax.random.fold_in(key, t), t)
         updates, opt_state = tx.update(g, opt_state, x)
         x = jnp.clip(x + updates, lo, hi)  # per-channel valid pixel range, after every step
         return x, opt_state, metrics

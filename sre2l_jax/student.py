@@ -28,7 +28,7 @@ import optax
 
 from sre2l_jax import augment, checkpoint, parallel
 from sre2l_jax.data import sources
-from sre2l_jax.models import model_from_meta
+from sre2l_jax.models import Ensemble, model_from_meta
 from sre2l_jax.recover_images import class_folder_names
 from sre2l_jax.squeeze import TrainState
 
@@ -263,10 +263,21 @@ class Steps:
 # ---------------------------------------------------------------- inputs of a student run
 
 def load_teacher(config, workdir: str):
-    """(model, variables, meta, path) of the recovery model, checked against the data config."""
+    """(model, variables, meta, path) of the recovery model, checked against the data config.
+
+    With `recover.extra_teachers` the model is the Ensemble of all of them (variables: a tuple);
+    meta and path are the first teacher's.
+    """
     path = config.recover.teacher or os.path.join(workdir, "squeeze", "model")
     variables, meta = checkpoint.load_for_data(path, config.data, "teacher")
-    return model_from_meta(meta), variables, meta, path
+    if not config.recover.extra_teachers:
+        return model_from_meta(meta), variables, meta, path
+    models, all_vars = [model_from_meta(meta)], [variables]
+    for i, extra in enumerate(config.recover.extra_teachers):
+        v, m = checkpoint.load_for_data(extra, config.data, f"extra teacher {i + 1}")
+        models.append(model_from_meta(m))
+        all_vars.append(v)
+    return Ensemble(tuple(models)), tuple(all_vars), meta, path
 
 
 def synthetic_dir(config, workdir: str) -> str:

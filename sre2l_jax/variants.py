@@ -1,0 +1,118 @@
+r"""SRe²L and the later recovery variants through one engine, one teacher and one student recipe.
+
+  python -m sre2l_jax.variants --config=configs/fashion_mnist.py:all,seeds=3 --workdir=workdirs/fm
+
+Runs the plain pipeline in WORKDIR (SRe²L and the validate baselines: random real images with soft
+labels, with hard labels), then each variant's recover → relabel → validate in
+WORKDIR/variants/<name>/ with the baselines switched off, and writes WORKDIR/variants/table.md and
+results.json (the report shows them). The multi-teacher row needs a second teacher: given with
+--extra_teachers, or trained here into WORKDIR/variants/teacher2 (twice the width, half the epochs,
+seed + 1: a different model of the same family, as G-VBSM mixes architectures).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from sre2l_jax import checkpoint, parallel, report, run_all
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/fashion_mnist.py:all")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of the plain SRe²L run.")
+_EXTRA = flags.DEFINE_list("extra_teachers", [], "Model checkpoints for the multi-teacher row.")
+_ONLY = flags.DEFINE_list("only", [], "Run only these variants (default: all).")
+
+# name -> recover settings on top of the data set's SRe²L recipe.
+VARIANTS = {
+    "cda": {"crop": True, "crop_schedule": "cosine"},
+    "real_init": {"init": "real_random"},
+    "real_medium": {"init": "real_medium"},
+    "real_mosaic": {"init": "real_mosaic"},
+    "cda+real_init": {"crop": True, "crop_schedule": "cosine", "init": "real_random"},
+    "multi_teacher": {"extra_teachers": None},  # filled in with the teacher list
+}
+BASELINES = {"real_soft": "(a) random real + soft labels", "real_hard": "(b) random real + hard labels",
+             "synthetic_hard": "(c) SRe²L images + hard labels"}
+
+
+def second_teacher(config, workdir: str) -> str:
+    """Train (once) a second teacher: 2× width, half the epochs, another seed."""
+    c2 = copy.deepcopy(config)
+    c2.unlock()
+    c2.seed = config.seed + 1
+    c2.model.width = 2 * config.model.width
+    c2.squeeze.epochs = max(1, config.squeeze.epochs // 2)
+    sub = os.path.join(workdir, "variants", "teacher2")
+    run_all.run_stage_once(c2, sub, "squeeze")
+    return os.path.join(sub, "squeeze", "model")
+
+
+def _row(name: str, val: dict, rec: dict | None) -> dict:
+    return {"name": name, "top1": val["top1"], "top1_std": val.get("top1_std", 0.0),
+            "per_seed": [p["top1"] for p in val.get("per_seed", [])],
+            "teacher_acc_on_images": None if rec is None else rec["teacher_accuracy"]}
+
+
+def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
+                 only: list[str] | None = None) -> list[dict]:
+    config.unlock()
+    plain = run_all.run_all(config, workdir)
+    rows = [_row("sre2l", plain["validate"], plain["recover"])]
+    rows += [_row(BASELINES[b], plain["validate"][b], None) for b in config.validate.baselines]
+    config.recover.teacher = config.recover.teacher or os.path.join(workdir, "squeeze", "model")
+    config.validate.baselines = ()
+    unknown = set(only or ()) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variants {sorted(unknown)}; known: {sorted(VARIANTS)}")
+    for name, settings in VARIANTS.items():
+        if only and name not in only:
+            continue
+        c = copy.deepcopy(config)
+        for key, value in settings.items():
+            if key == "extra_teachers":
+                value = tuple(extra_teachers or [second_teacher(config, workdir)])
+            c.recover[key] = value
+        sub = os.path.join(workdir, "variants", name)
+        summaries = {s: run_all.run_stage_once(c, sub, s) for s in ("recover", "relabel", "validate")}
+        images, labels, names = report.synthetic_arrays(sub)
+        report.image_grid(images, labels, names, os.path.join(workdir, "variants", f"grid_{name}.png"),
+                          title=f"variant: {name}")
+        rows.append(_row(name, summaries["validate"], summaries["recover"]))
+    if jax.process_index() == 0:
+        out = os.path.join(workdir, "variants")
+        checkpoint.write_json_atomic(os.path.join(out, "results.json"), rows)
+        table = variants_table(config, rows)
+        with open(os.path.join(out, "table.md.tmp"), "w") as f:
+            f.write(table)
+        os.replace(os.path.join(out, "table.md.tmp"), os.path.join(out, "table.md"))
+        report.write_report(config, workdir)
+        print(table, flush=True)
+    return rows
+
+
+def variants_table(config, rows: list[dict]) -> str:
+    v = config.validate
+    lines = [f"{config.data.name}, IPC {config.recover.ipc}, {config.recover.iterations} recovery "
+             f"iterations; every row: student {v.student_arch} width {v.student_width}, {v.epochs} "
+             f"epochs, seeds {list(v.seeds)} (mean ± std)", "",
+             "| method | student top-1 % | per seed | teacher acc. on images % |", "|---|---|---|---|"]
+    for r in rows:
+        tacc = "—" if r["teacher_acc_on_images"] is None else f"{r['teacher_acc_on_images']:.1f}"
+        seeds = ", ".join(f"{t:.2f}" for t in r["per_seed"])
+        lines.append(f"| {r['name']} | {r['top1']:.2f} ± {r['top1_std']:.2f} | {seeds} | {tacc} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    parallel.maybe_initialize_distributed()
+    run_variants(_CONFIG.value, os.path.abspath(_WORKDIR.value), _EXTRA.value, _ONLY.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

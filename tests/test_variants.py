@@ -1,0 +1,172 @@
+"""Beyond the paper: CDA crop schedule, real-image init, multi-teacher recovery and ensemble labels."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import randomized_teacher, tiny_config
+from test_data import write_idx
+from test_recover import _assert_same, _hp
+
+from sre2l_jax import augment, checkpoint, real_init, recover, recover_core, relabel, student
+from sre2l_jax.data import sources
+from sre2l_jax.models import Ensemble
+from test_validate import _write_synthetic
+
+from conftest import TINY
+
+
+def test_crop_schedule_values():
+    lo, hi = 0.08, 1.0
+    at = lambda sched, t, m=1.0: float(recover_core.crop_min_scale(
+        _hp(iterations=100, crop=True, crop_schedule=sched, crop_milestone=m), t))
+    assert [at("constant", t) for t in (0, 50, 99)] == pytest.approx([lo] * 3)
+    assert [at("linear", t) for t in (0, 25, 50, 100)] == pytest.approx(
+        [hi, lo + (hi - lo) * 0.75, lo + (hi - lo) * 0.5, lo])
+    assert at("cosine", 25) == pytest.approx(lo + (hi - lo) * (1 + np.cos(np.pi / 4)) / 2)
+    assert at("cosine", 0) == pytest.approx(hi) and at("cosine", 50) == pytest.approx((lo + hi) / 2)
+    assert [at("step", t, 0.3) for t in (0, 29, 30, 99)] == pytest.approx([hi, hi, lo, lo])
+    assert [at("linear", t, 0.5) for t in (25, 50, 80)] == pytest.approx([(lo + hi) / 2, lo, lo])
+    # At the start of the curriculum the crop is the whole image: the easy end of easy → hard.
+    for i in range(5):
+        box = augment.rrc_box(jax.random.key(i), 12, 12, (jnp.float32(1.0), 1.0))
+        assert box.tolist() == [0, 0, 12, 12]
+    # Iterations run with a schedule, inside the jitted loop.
+    model, variables = randomized_teacher()
+    hp = _hp(iterations=4, crop=True, crop_schedule="cosine")
+    x = recover_core.init_images(0, jnp.arange(4), jnp.zeros(4, jnp.int32), (12, 12, 1))
+    out, _, m = recover_core.run_iterations(x, recover_core.optimizer(hp).init(x), jnp.arange(4),
+                                            jax.random.key(0), 0, 4, model=model, variables=variables,
+                                            hp=hp)
+    assert np.isfinite(float(m["loss"])) and not np.allclose(out, x)
+
+
+def test_crop_schedule_errors():
+    c = tiny_config()
+    c.recover.crop, c.recover.crop_schedule = False, "cosine"
+    with pytest.raises(ValueError, match="needs recover.crop=True"):
+        recover_core.RecoverHParams.from_config(c.recover, c.data)
+    c.recover.crop, c.recover.crop_schedule = True, "exponential"
+    with pytest.raises(ValueError, match="unknown recover.crop_schedule"):
+        recover_core.RecoverHParams.from_config(c.recover, c.data)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """4 classes × 10 train images (28², resized to the tiny 12²), labels c = i mod 4."""
+    root = tmp_path_factory.mktemp("variants_idx")
+    rng = np.random.default_rng(3)
+    for prefix, n in (("train", 40), ("t10k", 8)):
+        write_idx(str(root / f"{prefix}-images-idx3-ubyte"), rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(str(root / f"{prefix}-labels-idx1-ubyte"), (np.arange(n) % 4).astype(np.uint8))
+    return str(root)
+
+
+def _data_config(data_dir, teacher_path, **recover_opts):
+    c = tiny_config(teacher=teacher_path)
+    c.data.source, c.data.dir, c.data.class_ids = "idx", data_dir, (0, 1, 2, 3)
+    for k, v in recover_opts.items():
+        c.recover[k] = v
+    return c
+
+
+@pytest.mark.parametrize("mode", ["real_random", "real_medium", "real_mosaic"])
+def test_real_init_draws_only_from_the_slots_own_class(data_dir, tiny_teacher, mode):
+    model, variables, path = tiny_teacher
+    c = _data_config(data_dir, path, init=mode, init_pool=8)
+    labels = sources.source_labels(sources.build_source(c.data, "train"))
+    slots = [(cl, k) for cl in range(4) for k in range(4)]
+    start = real_init.start_images(c, model, variables, slots)
+    for (cl, k), src in start.sources.items():
+        assert len(src) == (4 if mode == "real_mosaic" else 1)
+        assert all(labels[i] == cl for i in src), (cl, k, src, labels[src])
+        assert start.images[(cl, k)].shape == (12, 12, 1)
+    # Different slots of a class start from different images.
+    assert len({tuple(start.sources[(0, k)]) for k in range(4)}) == 4
+    # A slot's choice does not depend on which other slots are being run (ranges, resumes).
+    alone = real_init.start_images(c, model, variables, [(2, 3)])
+    assert alone.sources[(2, 3)] == start.sources[(2, 3)]
+    np.testing.assert_array_equal(alone.images[(2, 3)], start.images[(2, 3)])
+    if mode == "real_random":  # the start image is that train image, normalized
+        raw = sources.load_arrays(sources.build_source(c.data, "train"), 12)[0][start.sources[(1, 0)][0]]
+        np.testing.assert_allclose(start.images[(1, 0)], (raw / 255.0 - 0.5) / 0.25, atol=1e-6)
+
+
+def test_medium_picks_take_the_middle_of_the_confidence_order():
+    conf = np.asarray([0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.95, 0.6])
+    assert sorted(conf[real_init.medium_picks(conf, 2)].tolist()) == [0.5, 0.6]
+
+
+def test_real_init_recovery_is_device_invariant_and_records_sources(tmp_path, data_dir, tiny_teacher):
+    floats = {}
+    for n in (1, 2):
+        c = _data_config(data_dir, tiny_teacher[2], init="real_random")
+        floats[n] = {}
+        recover.recover(c, str(tmp_path / f"d{n}"), num_devices=n, keep_float=floats[n])
+    _assert_same(floats[1], floats[2])
+    labels = sources.source_labels(sources.build_source(c.data, "train"))
+    entries = json.load(open(tmp_path / "d1" / "recover" / "manifest.json"))["images"]
+    assert len(entries) == 16 and all(labels[e["init_sources"][0]] == e["class"] for e in entries)
+
+
+def test_teacher_cycle_is_deterministic_t_mod_n(tiny_teacher):
+    """Three iterations with teachers (A, B) = A at t=0, B at t=1, A at t=2, run one at a time."""
+    model, va, _ = tiny_teacher
+    _, vb = randomized_teacher(1)
+    assert [recover_core.teacher_index(t, 3) for t in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    hp = _hp(iterations=3, jitter=(-2, 2), flip=True)
+    x = recover_core.init_images(0, jnp.arange(4), jnp.zeros(4, jnp.int32), (12, 12, 1))
+    labels, key, tx = jnp.arange(4), jax.random.key(5), recover_core.optimizer(hp)
+    cycled, _, _ = recover_core.run_iterations(x, tx.init(x), labels, key, 0, 3, model=(model, model),
+                                               variables=(va, vb), hp=hp)
+    xs, state = x, tx.init(x)
+    for t, v in enumerate((va, vb, va)):
+        xs, state, _ = recover_core.run_iterations(xs, state, labels, key, t, t + 1, model=model,
+                                                   variables=v, hp=hp)
+    np.testing.assert_allclose(cycled, xs, atol=1e-5)
+    single, _, _ = recover_core.run_iterations(x, tx.init(x), labels, key, 0, 3, model=model,
+                                               variables=va, hp=hp)
+    assert not np.allclose(single, cycled, atol=1e-3)  # B really took part
+
+
+@pytest.fixture(scope="module")
+def second_teacher(tmp_path_factory):
+    _, variables = randomized_teacher(1)
+    path = str(tmp_path_factory.mktemp("teacher_b") / "model")
+    checkpoint.save_model(path, variables, {**TINY, "class_names": ["a", "b", "c", "d"], "top1": None,
+                                            "source": "test"})
+    return path
+
+
+def test_multi_teacher_recovery_and_ensemble_labels(tmp_path, data_dir, tiny_teacher, second_teacher):
+    model, va, path_a = tiny_teacher
+    floats = {}
+    for n in (1, 2):
+        floats[n] = {}
+        c = _data_config(data_dir, path_a, extra_teachers=(second_teacher,))
+        recover.recover(c, str(tmp_path / f"m{n}"), num_devices=n, keep_float=floats[n])
+    _assert_same(floats[1], floats[2])
+
+    # Soft labels come from the ensemble: mean logits of both teachers.
+    ens, ens_vars, meta, _ = student.load_teacher(c, str(tmp_path))
+    assert isinstance(ens, Ensemble) and len(ens_vars) == 2 and meta["num_classes"] == 4
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 12, 12, 1)), jnp.float32)
+    _, vb = randomized_teacher(1)
+    expected = (model.apply(va, x, train=False) + model.apply(vb, x, train=False)) / 2
+    np.testing.assert_allclose(ens.apply(ens_vars, x), expected, atol=1e-5)
+
+    # Relabel end to end: an "ensemble" of A with itself stores A's labels, A with B does not.
+    def stored_logits(name, extra):
+        w = str(tmp_path / name)
+        _write_synthetic(w)
+        cfg = _data_config(data_dir, path_a, extra_teachers=extra)
+        cfg.relabel.epochs, cfg.relabel.batch_size = 1, 8
+        relabel.relabel(cfg, w, num_devices=1)
+        return np.load(relabel.epoch_path(os.path.join(w, "relabel"), 0))["logits"]
+
+    single = stored_logits("single", ())
+    np.testing.assert_allclose(stored_logits("self", (path_a,)), single, atol=1e-3)
+    assert not np.allclose(stored_logits("pair", (second_teacher,)), single, atol=1e-2)
