@@ -7,16 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import randomized_teacher, tiny_config
+from conftest import TINY, randomized_teacher, tiny_config
 from test_data import write_idx
 from test_recover import _assert_same, _hp
+from test_validate import _write_synthetic
 
 from sre2l_jax import augment, checkpoint, real_init, recover, recover_core, relabel, student
 from sre2l_jax.data import sources
 from sre2l_jax.models import Ensemble
-from test_validate import _write_synthetic
-
-from conftest import TINY
 
 
 def test_crop_schedule_values():
@@ -60,7 +58,8 @@ def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("variants_idx")
     rng = np.random.default_rng(3)
     for prefix, n in (("train", 40), ("t10k", 8)):
-        write_idx(str(root / f"{prefix}-images-idx3-ubyte"), rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        write_idx(str(root / f"{prefix}-images-idx3-ubyte"), images)
         write_idx(str(root / f"{prefix}-labels-idx1-ubyte"), (np.arange(n) % 4).astype(np.uint8))
     return str(root)
 
