@@ -10,6 +10,8 @@
 #   PORT                 coordinator port on 127.0.0.1 (default 12355)
 #   LOG_DIR              per-process logs (default: <workdir>/logs, else ./logs)
 #   PYTHON               interpreter (default .venv/bin/python if present, else python3)
+#   MAX_RESTARTS         restarts of the whole job after a process dies (default 0); every stage
+#                        resumes from its Orbax checkpoints, as a cluster scheduler's requeue would
 set -euo pipefail
 
 dry_run=0
@@ -35,19 +37,40 @@ done
 [[ "$dry_run" == 1 ]] && exit 0
 
 mkdir -p "$log_dir"
-pids=()
-for ((i = 0; i < n; i++)); do
-  SRE2L_COORDINATOR="127.0.0.1:$port" SRE2L_NUM_PROCESSES="$n" SRE2L_PROCESS_ID="$i" \
-  XLA_FLAGS="--xla_force_host_platform_device_count=$devices" JAX_PLATFORMS=cpu \
-    "$python" -m sre2l_jax.main "$@" >"$log_dir/process_$i.log" 2>&1 &
-  pids+=("$!")
-done
-status=0
-for i in "${!pids[@]}"; do
-  if ! wait "${pids[$i]}"; then
-    echo "process $i failed; see $log_dir/process_$i.log" >&2
-    status=1
+restarts="${MAX_RESTARTS:-0}"
+attempt=0
+while true; do
+  pids=()
+  for ((i = 0; i < n; i++)); do
+    SRE2L_COORDINATOR="127.0.0.1:$port" SRE2L_NUM_PROCESSES="$n" SRE2L_PROCESS_ID="$i" \
+    XLA_FLAGS="--xla_force_host_platform_device_count=$devices" JAX_PLATFORMS=cpu \
+      "$python" -m sre2l_jax.main "$@" >>"$log_dir/process_$i.log" 2>&1 &
+    pids+=("$!")
+  done
+  # The first process to fail takes the job down (its peers would block in collectives), like
+  # SLURM's --kill-on-bad-exit.
+  status=0
+  live=("${pids[@]}")
+  while ((${#live[@]} > 0)); do
+    finished=""
+    if ! wait -n -p finished "${live[@]}"; then
+      status=1
+      echo "process pid $finished failed (attempt $attempt); stopping the others; see $log_dir/process_*.log" >&2
+      kill "${live[@]}" 2>/dev/null || true
+      wait "${live[@]}" 2>/dev/null || true
+      break
+    fi
+    remaining=()
+    for pid in "${live[@]}"; do [[ "$pid" != "$finished" ]] && remaining+=("$pid"); done
+    live=("${remaining[@]}")
+  done
+  if [[ "$status" == 0 ]]; then
+    echo "all $n processes finished"
+    exit 0
   fi
+  if ((attempt >= restarts)); then
+    exit 1
+  fi
+  attempt=$((attempt + 1))
+  echo "restarting all $n processes (restart $attempt of $restarts); stages resume from checkpoints" >&2
 done
-[[ "$status" == 0 ]] && echo "all $n processes finished"
-exit "$status"

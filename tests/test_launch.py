@@ -33,3 +33,28 @@ def test_dry_run_prints_the_plan_and_runs_nothing(script, args, expect):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert expect in out.stdout
+
+
+def test_local_cluster_tears_down_and_restarts_a_failed_job(tmp_path, tiny_teacher):
+    """Both processes SIGKILL themselves after their 2nd checkpoint; MAX_RESTARTS=1 restarts the
+    job, which resumes from the Orbax checkpoint (one save left, so no second kill) and finishes."""
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MAX_RESTARTS": "1", "SRE2L_FAULT_KILL_AFTER_SAVES": "2", "PORT": str(port),
+           "PYTHON": sys.executable, "DEVICES_PER_PROCESS": "2"}
+    out = subprocess.run(
+        ["bash", "launch/local_cluster.sh", "2",
+         f"--config=tests/tiny_config.py:recover,teacher={tiny_teacher[2]},batch_size=4,iterations=12",
+         f"--workdir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    logs = "".join(open(tmp_path / "logs" / f"process_{i}.log").read() for i in range(2))
+    assert out.returncode == 0, out.stderr + logs[-3000:]
+    assert "restarting all 2 processes" in out.stderr and "all 2 processes finished" in out.stdout
+    assert "resumed batches" in logs
+    import json
+
+    manifest = json.load(open(tmp_path / "recover" / "manifest.json"))
+    assert len(manifest["images"]) == 16

@@ -193,8 +193,8 @@ def test_kill_and_resume_gives_identical_images(tmp_path, tiny_teacher):
     np.testing.assert_allclose([e["ce"] for e in ref_m], [e["ce"] for e in run_m], atol=1e-6)
 
 
-def test_two_processes_match_one_device(tmp_path, tiny_teacher):
-    ref = _run(tmp_path, "one", 1, tiny_teacher[2], batch_size=4)  # 4 batches for 4 devices
+def _two_processes(workdir, teacher, fault_pid=None):
+    """Start recovery as 2 processes × 2 simulated devices joined by jax.distributed."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -203,19 +203,54 @@ def test_two_processes_match_one_device(tmp_path, tiny_teacher):
         env = {**os.environ, "PYTHONPATH": REPO, "SRE2L_COORDINATOR": f"127.0.0.1:{port}",
                "SRE2L_NUM_PROCESSES": "2", "SRE2L_PROCESS_ID": str(pid),
                "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+        if pid == fault_pid:
+            env["SRE2L_FAULT_KILL_AFTER_SAVES"] = "2"
         procs.append(subprocess.Popen(
             [sys.executable, os.path.join(TESTS, "run_recover_process.py"),
-             f"recover,teacher={tiny_teacher[2]},batch_size=4", str(tmp_path / "multi"), TESTS],
+             f"recover,teacher={teacher},batch_size=4,iterations=12", str(workdir), TESTS],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    for p in procs:
-        _, err = p.communicate(timeout=300)
-        assert p.returncode == 0, err[-3000:]
+    return procs
+
+
+def _gather_floats(workdir):
     got = {}
     for pid in range(2):
-        with np.load(tmp_path / "multi" / f"float_{pid}.npz") as z:
+        with np.load(workdir / f"float_{pid}.npz") as z:
             assert len(z.files) > 0  # each host wrote its own share
             got.update({tuple(int(v) for v in k.split("_")): z[k] for k in z.files})
-    _assert_same(ref, got)
+    return got
+
+
+@pytest.fixture(scope="module")
+def one_device_ref(tmp_path_factory, tiny_teacher):
+    # 4 batches of 4, so 4 devices each run one; 12 iterations checkpoint at 3, 6, 9.
+    return _run(tmp_path_factory.mktemp("ref"), "one", 1, tiny_teacher[2], batch_size=4, iterations=12)
+
+
+def test_two_processes_match_one_device(tmp_path, tiny_teacher, one_device_ref):
+    for p in _two_processes(tmp_path / "multi", tiny_teacher[2]):
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    _assert_same(one_device_ref, _gather_floats(tmp_path / "multi"))
+
+
+def test_host_dies_and_the_job_resumes_from_the_multihost_checkpoint(tmp_path, tiny_teacher,
+                                                                     one_device_ref):
+    """Process 1 is SIGKILLed after its 2nd checkpoint; the job is torn down (as SLURM's
+    --kill-on-bad-exit or local_cluster.sh do) and restarted: it resumes, images unchanged."""
+    workdir = tmp_path / "multi"
+    p0, p1 = _two_processes(workdir, tiny_teacher[2], fault_pid=1)
+    p1.communicate(timeout=300)
+    assert p1.returncode == -9
+    p0.kill()
+    p0.communicate()
+    assert not os.path.exists(workdir / "recover" / "manifest.json")
+    procs = _two_processes(workdir, tiny_teacher[2])
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert any("resumed batches" in out for out, _ in outs)
+    _assert_same(one_device_ref, _gather_floats(workdir))
 
 
 def test_clear_errors(tmp_path, tiny_teacher):

@@ -317,3 +317,31 @@ def test_clear_errors(env, runs, tmp_path):
     Image.fromarray(np.zeros((12, 12), np.uint8)).save(os.path.join(changed, "e", "000.png"))
     with pytest.raises(ValueError, match="not among"):
         validate.validate(env["config"](relabel__images=changed), runs["one"])
+
+
+def test_two_processes_match_one_device(env, runs):
+    """2 processes × 2 simulated devices, joined by jax.distributed, train the 1-device student."""
+    import socket
+
+    workdir = _workdir(env, "multi")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for pid in range(2):
+        proc_env = {**os.environ, "PYTHONPATH": REPO, "SRE2L_COORDINATOR": f"127.0.0.1:{port}",
+                    "SRE2L_NUM_PROCESSES": "2", "SRE2L_PROCESS_ID": str(pid),
+                    "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.join(TESTS, "run_validate_process.py"), env["config_path"],
+             workdir, TESTS, f"validate,teacher={env['teacher']}"],
+            env=proc_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    for pid in range(2):
+        with open(os.path.join(workdir, f"summary_{pid}.json")) as f:
+            out = json.load(f)
+        assert out["devices"] == 4 and out["local_devices"] == 2
+        assert out["summary"]["per_seed"][0] == runs["summary_one"]["per_seed"][0]
+    assert _max_diff(_student_params(runs["one"]), _student_params(workdir)) < 2e-5
