@@ -38,16 +38,17 @@ def recover_md(rows: list[dict], peak: float) -> list[str]:
     out = ["## 1. Recovery step (one Adam iteration on a batch of 100)", "",
            "JAX: `recover_core.run_iterations` over k iterations in one jit call (ms/iteration = "
            "total/k after a warm-up call). PyTorch: the authors' loop. GFLOP/iteration is XLA's cost "
-           "analysis of the JAX step; the other rows divide the same count by their time. 'JAX + proposed "
-           "fix' is the stock step with the model's convolutions given a canonical input-gradient "
-           "(benchmarks/bench_fix.py; see README).", ""]
+           "analysis of the JAX step; the other rows divide the same count by their time. 'JAX "
+           "(sre2l_jax)' is what the package runs: convolutions with a canonical input-gradient "
+           "(sre2l_jax/conv.py, the CPU default); 'JAX, stock conv grad' is the same step with XLA's "
+           "own conv gradient (SRE2L_CONV=stock), the naive version.", ""]
     table = []
     for r in rows:
         jx, pt = r["jax"], r["torch"]
         flops = jx.get("flops_per_iter")
-        impls = [("JAX", jx), ("PyTorch", pt)]
+        impls = [("JAX, stock conv grad", jx), ("PyTorch", pt)]
         if "jax_canonical_conv" in r:
-            impls.append(("JAX + proposed fix", r["jax_canonical_conv"]))
+            impls.append(("JAX (sre2l_jax)", r["jax_canonical_conv"]))
         for impl, res in impls:
             if _err(res):
                 table.append([r["case"], impl, _err(res), "", "", "", "", ""])
@@ -158,7 +159,7 @@ def options_md(o: dict) -> list[str]:
     ref1 = next((r.get("ms_per_batch_iter") for r in o["batches_per_call"] if r["nbatch"] == 1), None)
     table += [row("batches per call", f"{r['nbatch']} (vmap)", r, ref1) for r in o["batches_per_call"]]
     for r in o.get("canonical_conv", []):
-        table.append(row("proposed: canonical input-grad conv", f"{r['res']}² (benchmarks/bench_fix.py)",
+        table.append(row("canonical input-grad conv (package default)", f"{r['res']}² (sre2l_jax/conv.py)",
                          r, base.get(r["res"])))
     tt = o.get("torch_threads", [])
     ref_t = next((r.get("ms_per_iter") for r in tt if r is tt[0]), None)

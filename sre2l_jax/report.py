@@ -160,6 +160,22 @@ def results_table(workdir: str) -> str:
     return "\n".join(lines)
 
 
+def _variants_section(workdir: str) -> str:
+    """The table of `python -m sre2l_jax.variants` (same teacher, same student recipe), if it ran."""
+    results = _load(os.path.join(workdir, "variants", "results.json"))
+    if not results:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(r['name'])}</td><td>{r['top1']:.2f} ± {r['top1_std']:.2f}</td>"
+        f"<td>{', '.join(f'{t:.2f}' for t in r['per_seed'])}</td></tr>" for r in results)
+    names = [r["name"] for r in results
+             if os.path.exists(os.path.join(workdir, "variants", f"grid_{r['name']}.png"))]
+    grids = "".join(f'<h3>{html.escape(n)}</h3><img src="../variants/grid_{html.escape(n)}.png">'
+                    for n in names)
+    return (f"<h2>SRe²L and later variants (same teacher, same student recipe)</h2><table><tr>"
+            f"<th>method</th><th>top-1 % (mean ± std)</th><th>per seed</th></tr>{rows}</table>{grids}")
+
+
 def write_report(config, workdir: str) -> str:
     """Write every figure and `index.html`; returns the index path."""
     out = os.path.join(workdir, "report")
@@ -179,6 +195,7 @@ td,th{{padding:4px 12px;border-bottom:1px solid #ddd}}</style></head><body>
 <h2>Synthetic images (one row per class)</h2><img src="grid.png" alt="grid">
 <h2>t-SNE of teacher features</h2><img src="tsne.png" alt="t-SNE">
 <h2>Loss curves</h2><img src="curves.png" alt="curves">
+{_variants_section(workdir)}
 </body></html>"""
     path = os.path.join(out, "index.html")
     tmp = path + ".tmp"

@@ -30,10 +30,10 @@ _ONLY = flags.DEFINE_list("only", [], "Run only these variants (default: all).")
 VARIANTS = {
     "cda": {"crop": True, "crop_schedule": "cosine"},
     "real_init": {"init": "real_random"},
-    "real_medium": {"init": "real_medium"},
-    "real_mosaic": {"init": "real_mosaic"},
     "cda+real_init": {"crop": True, "crop_schedule": "cosine", "init": "real_random"},
     "multi_teacher": {"extra_teachers": None},  # filled in with the teacher list
+    "real_medium": {"init": "real_medium"},
+    "real_mosaic": {"init": "real_mosaic"},
 }
 BASELINES = {"real_soft": "(a) random real + soft labels", "real_hard": "(b) random real + hard labels",
              "synthetic_hard": "(c) SRe²L images + hard labels"}
