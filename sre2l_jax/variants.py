@@ -59,15 +59,15 @@ def _row(name: str, val: dict, rec: dict | None) -> dict:
 
 def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
                  only: list[str] | None = None) -> list[dict]:
+    unknown = set(only or ()) - set(VARIANTS)
+    if unknown:
+        raise ValueError(f"unknown variants {sorted(unknown)}; known: {sorted(VARIANTS)}")
     config.unlock()
     plain = run_all.run_all(config, workdir)
     rows = [_row("sre2l", plain["validate"], plain["recover"])]
     rows += [_row(BASELINES[b], plain["validate"][b], None) for b in config.validate.baselines]
     config.recover.teacher = config.recover.teacher or os.path.join(workdir, "squeeze", "model")
     config.validate.baselines = ()
-    unknown = set(only or ()) - set(VARIANTS)
-    if unknown:
-        raise ValueError(f"unknown variants {sorted(unknown)}; known: {sorted(VARIANTS)}")
     for name, settings in VARIANTS.items():
         if only and name not in only:
             continue

@@ -169,3 +169,23 @@ def test_multi_teacher_recovery_and_ensemble_labels(tmp_path, data_dir, tiny_tea
     single = stored_logits("single", ())
     np.testing.assert_allclose(stored_logits("self", (path_a,)), single, atol=1e-3)
     assert not np.allclose(stored_logits("pair", (second_teacher,)), single, atol=1e-2)
+
+
+def test_variants_table_and_report_section(tmp_path):
+    from sre2l_jax import report, variants
+
+    rows = [{"name": "sre2l", "top1": 50.0, "top1_std": 1.5, "per_seed": [49.0, 51.0],
+             "teacher_acc_on_images": 100.0},
+            {"name": "(a) random real + soft labels", "top1": 60.0, "top1_std": 0.5,
+             "per_seed": [60.5, 59.5], "teacher_acc_on_images": None}]
+    c = tiny_config("all")
+    table = variants.variants_table(c, rows)
+    assert "| sre2l | 50.00 ± 1.50 | 49.00, 51.00 | 100.0 |" in table
+    assert "| (a) random real + soft labels | 60.00 ± 0.50 | 60.50, 59.50 | — |" in table
+    os.makedirs(tmp_path / "variants")
+    assert report._variants_section(str(tmp_path)) == ""
+    checkpoint.write_json_atomic(str(tmp_path / "variants" / "results.json"), rows)
+    section = report._variants_section(str(tmp_path))
+    assert "50.00 ± 1.50" in section and "random real + soft labels" in section
+    with pytest.raises(ValueError, match="unknown variants"):
+        variants.run_variants(c, str(tmp_path), only=["nonsense"])
