@@ -26,6 +26,10 @@ def run_stage(config, workdir: str) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if "://" in _WORKDIR.value:
+        # Images, manifests and JSON are plain files; a URL would become a local directory "gs:".
+        raise app.UsageError(f"--workdir={_WORKDIR.value}: use a mounted path (gcsfuse; "
+                             "launch/tpu_pod.sh mounts GCS_BUCKET at /gcs/<bucket>), not a URL")
     parallel.maybe_initialize_distributed()
     workdir = os.path.abspath(_WORKDIR.value)
     os.makedirs(workdir, exist_ok=True)

@@ -24,7 +24,7 @@ def test_script_is_valid_and_documents_its_variables(script):
 @pytest.mark.parametrize("script,args,expect", [
     ("launch/local_cluster.sh", ["3", "--config=configs/fashion_mnist.py:recover", "--workdir=/tmp/w"],
      "process 2: SRE2L_PROCESS_ID=2"),
-    ("launch/tpu_pod.sh", ["--config=configs/imagenet.py:recover,tfds=1", "--workdir=gs://b/w"],
+    ("launch/tpu_pod.sh", ["--config=configs/imagenet.py:recover,tfds=1", "--workdir=/gcs/b/w"],
      "gcloud compute tpus tpu-vm create sre2l"),
     ("launch/gpu_slurm.sbatch", ["--config=configs/imagenet.py:recover", "--workdir=/w"], "GPU processes"),
 ])
@@ -58,3 +58,16 @@ def test_local_cluster_tears_down_and_restarts_a_failed_job(tmp_path, tiny_teach
 
     manifest = json.load(open(tmp_path / "recover" / "manifest.json"))
     assert len(manifest["images"]) == 16
+
+
+def test_url_workdir_is_refused_with_the_gcsfuse_hint():
+    import sys
+
+    pod = subprocess.run(["bash", "launch/tpu_pod.sh", "--dry-run", "--config=configs/imagenet.py:recover",
+                          "--workdir=gs://b/w"], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert pod.returncode == 2 and "GCS_BUCKET" in pod.stderr
+    main = subprocess.run([sys.executable, "-m", "sre2l_jax.main",
+                           "--config=configs/fashion_mnist.py:recover", "--workdir=gs://b/w"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert main.returncode != 0 and "gcsfuse" in main.stderr
+    assert not os.path.exists(os.path.join(REPO, "gs:"))
