@@ -278,3 +278,33 @@ def test_verifier_reports_accuracy_on_the_results(tmp_path, tiny_teacher):
     assert summary["verifier_accuracy"] == pytest.approx(summary["teacher_accuracy"])
     entries = json.load(open(tmp_path / "v" / "recover" / "manifest.json"))["images"]
     assert all(e["verifier_pred"] == e["teacher_pred"] for e in entries)
+
+
+def _compiles(fn) -> list[str]:
+    """Run fn() and return the names of the functions XLA compiled meanwhile."""
+    import logging
+
+    seen: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            msg = record.getMessage()
+            if msg.startswith("Compiling "):
+                seen.append(msg.split(" ")[1])
+
+    handler = Catch()
+    logging.getLogger("jax").addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            fn()
+    finally:
+        logging.getLogger("jax").removeHandler(handler)
+    return seen
+
+
+def test_recovery_step_compiles_once_for_all_rounds_and_chunks(tmp_path, tiny_teacher):
+    # 2 rounds (two batches of 8 on one device) × 4 chunks of 3 iterations: one compilation.
+    c = tiny_config(teacher=tiny_teacher[2], iterations=12)
+    seen = _compiles(lambda: recover.recover(c, str(tmp_path / "w"), num_devices=1))
+    assert seen.count("jit(iterate_local)") == 1, seen
+    assert seen.count("jit(init_local)") == 1 and seen.count("jit(score_local)") == 1

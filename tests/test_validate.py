@@ -345,3 +345,14 @@ def test_two_processes_match_one_device(env, runs):
         assert out["devices"] == 4 and out["local_devices"] == 2
         assert out["summary"]["per_seed"][0] == runs["summary_one"]["per_seed"][0]
     assert _max_diff(_student_params(runs["one"]), _student_params(workdir)) < 2e-5
+
+
+def test_student_step_compiles_once_per_batch_shape(env):
+    """2 seeds × (SRe²L + 2 baselines) = 6 students of 3 epochs: the step compiles once per batch
+    shape (12 and the last 4 of 16 images), not per student, epoch or step."""
+    from test_recover import _compiles
+
+    c = env["config"](validate__seeds=(0, 1), validate__baselines=("real_soft", "real_hard"))
+    seen = _compiles(lambda: validate.validate(c, _workdir(env, "compiles"), num_devices=1))
+    steps = [s for s in seen if "online_step" in s]
+    assert 1 <= len(steps) <= 2, seen
