@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sre2l_jax import parallel, report, run_all
@@ -71,5 +71,6 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
+    logging.set_verbosity(logging.WARNING)  # as main.py: Orbax logs every save at INFO
     app.run(main)
 

@@ -16,7 +16,7 @@ import copy
 import os
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sre2l_jax import checkpoint, parallel, report, run_all
@@ -115,4 +115,5 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
+    logging.set_verbosity(logging.WARNING)  # as main.py: Orbax logs every save at INFO
     app.run(main)
