@@ -13,6 +13,7 @@ seed + 1: a different model of the same family, as G-VBSM mixes architectures).
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import jax
@@ -34,6 +35,9 @@ VARIANTS = {
     "multi_teacher": {"extra_teachers": None},  # filled in with the teacher list
     "real_medium": {"init": "real_medium"},
     "real_mosaic": {"init": "real_mosaic"},
+    # Real init with a tenth of the iterations: how far the BN-matching optimization should move
+    # the real images (0 iterations would be baseline (a) with another random subset).
+    "real_init_100it": {"init": "real_random", "iterations": 100},
 }
 BASELINES = {"real_soft": "(a) random real + soft labels", "real_hard": "(b) random real + hard labels",
              "synthetic_hard": "(c) SRe²L images + hard labels"}
@@ -84,6 +88,7 @@ def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
         rows.append(_row(name, summaries["validate"], summaries["recover"]))
     if jax.process_index() == 0:
         out = os.path.join(workdir, "variants")
+        rows = _merge_with_earlier(os.path.join(out, "results.json"), rows)
         checkpoint.write_json_atomic(os.path.join(out, "results.json"), rows)
         table = variants_table(config, rows)
         with open(os.path.join(out, "table.md.tmp"), "w") as f:
@@ -92,6 +97,17 @@ def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
         report.write_report(config, workdir)
         print(table, flush=True)
     return rows
+
+
+def _merge_with_earlier(path: str, rows: list[dict]) -> list[dict]:
+    """Keep rows of variants run earlier (`--only` runs add to the table), newest result wins."""
+    if not os.path.exists(path):
+        return rows
+    with open(path) as f:
+        earlier = {r["name"]: r for r in json.load(f)}
+    earlier.update({r["name"]: r for r in rows})
+    order = ["sre2l", *BASELINES.values(), *VARIANTS]
+    return sorted(earlier.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else 99)
 
 
 def variants_table(config, rows: list[dict]) -> str:

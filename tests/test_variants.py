@@ -189,3 +189,16 @@ def test_variants_table_and_report_section(tmp_path):
     assert "50.00 ± 1.50" in section and "random real + soft labels" in section
     with pytest.raises(ValueError, match="unknown variants"):
         variants.run_variants(c, str(tmp_path), only=["nonsense"])
+
+
+def test_only_runs_add_rows_to_the_earlier_table(tmp_path):
+    from sre2l_jax import variants
+
+    path = str(tmp_path / "results.json")
+    row = lambda name, top1: {"name": name, "top1": top1, "top1_std": 0.0, "per_seed": [top1],
+                              "teacher_acc_on_images": None}
+    checkpoint.write_json_atomic(path, [row("sre2l", 50.0), row("cda", 30.0), row("real_init", 55.0)])
+    merged = variants._merge_with_earlier(path, [row("sre2l", 51.0), row("real_init_100it", 60.0),
+                                                 row("real_init", 56.0)])
+    assert [(r["name"], r["top1"]) for r in merged] == [
+        ("sre2l", 51.0), ("cda", 30.0), ("real_init", 56.0), ("real_init_100it", 60.0)]
