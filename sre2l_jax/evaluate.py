@@ -21,12 +21,20 @@ def _count_correct(model, variables, images, labels, mask):
     return jnp.stack([hit1.sum(), hit5.sum(), mask.sum()])
 
 
-def evaluate(model, variables: dict, data_cfg, source, mesh, batch_size: int = 500) -> dict:
-    """{'top1', 'top5'} in percent over the whole split (padding rows masked out)."""
+def _model_variables(variables: dict | tuple) -> dict | tuple:
+    """{params, batch_stats} of a model (dropping other collections), or of each Ensemble member."""
+    if isinstance(variables, tuple):
+        return tuple(_model_variables(v) for v in variables)
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+
+def evaluate(model, variables: dict | tuple, data_cfg, source, mesh, batch_size: int = 500) -> dict:
+    """{'top1', 'top5'} in percent over the whole split (padding rows masked out).
+
+    `model` may be an Ensemble with a tuple of variables (multi-teacher soft labels)."""
     n_dev = mesh.devices.size
     batch_size = max(n_dev, batch_size // n_dev * n_dev)
-    variables = parallel.replicate(mesh, {"params": variables["params"],
-                                          "batch_stats": variables["batch_stats"]})
+    variables = parallel.replicate(mesh, _model_variables(variables))
     totals = np.zeros(3, np.int64)
     for batch in pipeline.eval_batches(data_cfg, source, batch_size):
         g = parallel.global_batch(mesh, {"image": batch["image"], "label": batch["label"],

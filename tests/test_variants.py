@@ -12,7 +12,7 @@ from test_data import write_idx
 from test_recover import _assert_same, _hp
 from test_validate import _write_synthetic
 
-from sre2l_jax import augment, checkpoint, real_init, recover, recover_core, relabel, student
+from sre2l_jax import augment, checkpoint, real_init, recover, recover_core, relabel, student, validate
 from sre2l_jax.data import sources
 from sre2l_jax.models import Ensemble
 
@@ -169,6 +169,14 @@ def test_multi_teacher_recovery_and_ensemble_labels(tmp_path, data_dir, tiny_tea
     single = stored_logits("single", ())
     np.testing.assert_allclose(stored_logits("self", (path_a,)), single, atol=1e-3)
     assert not np.allclose(stored_logits("pair", (second_teacher,)), single, atol=1e-2)
+
+    # Validate trains a student on the ensemble's soft labels and evaluates the ensemble teacher.
+    cfg = _data_config(data_dir, path_a, extra_teachers=(second_teacher,))
+    v = cfg.validate
+    v.student_arch, v.student_width, v.epochs, v.batch_size, v.seeds, v.baselines = "_tiny", 4, 2, 8, (0,), ()
+    v.eval_every_epochs = 2
+    summary = validate.validate(cfg, str(tmp_path / "pair"), num_devices=1)
+    assert np.isfinite(summary["top1"]) and 0 <= summary["teacher_top1"] <= 100
 
 
 def test_variants_table_and_report_section(tmp_path):
