@@ -60,11 +60,12 @@ def test_cli_rejects_unknown_override_key(tmp_path):
     assert out.returncode != 0 and "epochz" in out.stderr
 
 
-@pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (1, 2), (7, 2)])
-def test_canonical_conv_gradients_equal_stock_conv(kernel, stride):
+@pytest.mark.parametrize("kernel,stride,size", [(3, 1, 15), (3, 2, 15), (1, 2, 15), (7, 2, 15),
+                                              (3, 2, 16), (1, 2, 16), (7, 2, 16), (3, 2, 7)])
+def test_canonical_conv_gradients_equal_stock_conv(kernel, stride, size):
     from sre2l_jax.conv import canonical_conv
 
-    x = jax.random.normal(jax.random.key(0), (2, 15, 15, 3))
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
     w = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 5))
     pad = [(kernel // 2, kernel // 2)] * 2
     stock = lambda a, b: jax.lax.conv_general_dilated(
