@@ -51,3 +51,29 @@ def tiny_teacher(tmp_path_factory):
     checkpoint.save_model(path, variables, {**TINY, "class_names": ["a", "b", "c", "d"],
                                             "top1": None, "source": "test"})
     return model, variables, path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_processes(argv: list[str], n: int = 2, devices: int = 2, env_for=None) -> list:
+    """Start `argv` as n processes × `devices` simulated CPU devices joined by jax.distributed on
+    127.0.0.1 (what launch/local_cluster.sh does); env_for(pid) adds per-process variables."""
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    port = free_port()
+    procs = []
+    for pid in range(n):
+        env = {**os.environ, "PYTHONPATH": repo, "SRE2L_COORDINATOR": f"127.0.0.1:{port}",
+               "SRE2L_NUM_PROCESSES": str(n), "SRE2L_PROCESS_ID": str(pid),
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+               **(env_for(pid) if env_for else {})}
+        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    return procs

@@ -38,13 +38,11 @@ def test_dry_run_prints_the_plan_and_runs_nothing(script, args, expect):
 def test_local_cluster_tears_down_and_restarts_a_failed_job(tmp_path, tiny_teacher):
     """Both processes SIGKILL themselves after their 2nd checkpoint; MAX_RESTARTS=1 restarts the
     job, which resumes from the Orbax checkpoint (one save left, so no second kill) and finishes."""
-    import socket
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "MAX_RESTARTS": "1", "SRE2L_FAULT_KILL_AFTER_SAVES": "2", "PORT": str(port),
+    from conftest import free_port
+
+    env = {**os.environ, "MAX_RESTARTS": "1", "SRE2L_FAULT_KILL_AFTER_SAVES": "2", "PORT": str(free_port()),
            "PYTHON": sys.executable, "DEVICES_PER_PROCESS": "2"}
     out = subprocess.run(
         ["bash", "launch/local_cluster.sh", "2",

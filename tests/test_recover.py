@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import start_processes, tiny_config
 
 from sre2l_jax import checkpoint, recover, recover_core
 from sre2l_jax.models import apply_with_bn_stats
@@ -195,21 +194,10 @@ def test_kill_and_resume_gives_identical_images(tmp_path, tiny_teacher):
 
 def _two_processes(workdir, teacher, fault_pid=None):
     """Start recovery as 2 processes × 2 simulated devices joined by jax.distributed."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for pid in range(2):
-        env = {**os.environ, "PYTHONPATH": REPO, "SRE2L_COORDINATOR": f"127.0.0.1:{port}",
-               "SRE2L_NUM_PROCESSES": "2", "SRE2L_PROCESS_ID": str(pid),
-               "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-        if pid == fault_pid:
-            env["SRE2L_FAULT_KILL_AFTER_SAVES"] = "2"
-        procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(TESTS, "run_recover_process.py"),
-             f"recover,teacher={teacher},batch_size=4,iterations=12", str(workdir), TESTS],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    return procs
+    fault = lambda pid: {"SRE2L_FAULT_KILL_AFTER_SAVES": "2"} if pid == fault_pid else {}
+    return start_processes([sys.executable, os.path.join(TESTS, "run_recover_process.py"),
+                            f"recover,teacher={teacher},batch_size=4,iterations=12", str(workdir),
+                            TESTS], env_for=fault)
 
 
 def _gather_floats(workdir):

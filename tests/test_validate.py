@@ -321,21 +321,11 @@ def test_clear_errors(env, runs, tmp_path):
 
 def test_two_processes_match_one_device(env, runs):
     """2 processes × 2 simulated devices, joined by jax.distributed, train the 1-device student."""
-    import socket
+    from conftest import start_processes
 
     workdir = _workdir(env, "multi")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for pid in range(2):
-        proc_env = {**os.environ, "PYTHONPATH": REPO, "SRE2L_COORDINATOR": f"127.0.0.1:{port}",
-                    "SRE2L_NUM_PROCESSES": "2", "SRE2L_PROCESS_ID": str(pid),
-                    "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-        procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(TESTS, "run_validate_process.py"), env["config_path"],
-             workdir, TESTS, f"validate,teacher={env['teacher']}"],
-            env=proc_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs = start_processes([sys.executable, os.path.join(TESTS, "run_validate_process.py"),
+                             env["config_path"], workdir, TESTS, f"validate,teacher={env['teacher']}"])
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
