@@ -29,6 +29,16 @@ class MetricsLog:
         if self._writer:
             os.makedirs(directory, exist_ok=True)
 
+    def rewind(self, step: int) -> None:
+        """Drop records after `step` (a resumed run redoes them), so each step is logged once."""
+        if not self._writer or not os.path.exists(self.path):
+            return
+        kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(tmp, self.path)
+
     def write(self, step: int, **values) -> None:
         values = {k: float(v) if hasattr(v, "__float__") else v for k, v in values.items()}
         for k, v in values.items():

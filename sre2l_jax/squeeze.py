@@ -117,6 +117,7 @@ def train_and_evaluate(config, workdir: str, num_devices: int = 0) -> dict:
                       in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
                       out_shardings=(state_sharding, repl), donate_argnums=(0,))
     log = MetricsLog(stage_dir, total_steps=total_steps, stage="squeeze")
+    log.rewind(int(state.step))
     eval_every = max(1, sc.eval_every_epochs) * steps_per_epoch
     step = int(state.step)
     history = []

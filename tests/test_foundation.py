@@ -164,3 +164,18 @@ def test_missing_data_directory_is_a_clear_error(tmp_path):
     c.data.dir = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         squeeze.train_and_evaluate(c, str(tmp_path / "w"))
+
+
+def test_metrics_rewind_drops_steps_a_resume_redoes(tmp_path):
+    from sre2l_jax.metrics import MetricsLog, read_jsonl
+
+    log = MetricsLog(str(tmp_path), total_steps=10, stage="t")
+    for s in range(1, 6):
+        log.write(s, loss=float(s))
+    resumed = MetricsLog(str(tmp_path), total_steps=10, stage="t")
+    resumed.rewind(3)  # the checkpoint was at step 3; steps 4 and 5 will be logged again
+    for s in range(4, 7):
+        resumed.write(s, loss=float(s))
+    assert [r["step"] for r in read_jsonl(str(tmp_path / "metrics.jsonl"))] == [1, 2, 3, 4, 5, 6]
+    with pytest.raises(FloatingPointError, match="loss is NaN at step 7"):
+        resumed.write(7, loss=float("nan"))
