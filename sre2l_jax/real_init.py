@@ -7,12 +7,15 @@
                 out of a candidate pool (RDED style)
 
 A slot's choice depends only on (seed, class, ipc, the run's IPC, init_pool): not on devices, hosts
-or the ipc/class range being run, so split and resumed runs start from the same images.
+or the ipc/class range being run, so split and resumed runs start from the same images. The choice is
+kept as train indices (and crop boxes); pixels are built per recovery round, so an ImageNet-sized run
+does not hold 50k decoded start images.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -28,10 +31,33 @@ _TAG = 0x1417  # keeps these draws apart from other uses of the seed
 _SCORE_BATCH = 256
 
 
+Slot = tuple[int, int]  # (class, ipc)
+Box = tuple[int, int, int, int]  # (top, left, h, w) of a mosaic crop
+
+
 @dataclasses.dataclass
 class StartImages:
-    images: dict[tuple[int, int], np.ndarray]  # slot -> float32 [H,W,C] in normalized space
-    sources: dict[tuple[int, int], list[int]]  # slot -> train-split indices it was built from
+    """Where each slot's start image comes from; `image(slot)` builds it (normalized float32 HWC)."""
+
+    sources: dict[Slot, list[int]]  # train-split indices: one image, or a mosaic's four
+    boxes: dict[Slot, list[Box]]  # mosaic slots only: the crop of each source
+    load: Callable[[int], np.ndarray]  # train index -> uint8 image at the model's resolution
+    normalize: Callable[[np.ndarray], np.ndarray]
+    size: int
+
+    def image(self, slot: Slot) -> np.ndarray:
+        if slot in self.boxes:
+            im = tile_2x2([crop_to(self.load(i), box, self.size)
+                           for i, box in zip(self.sources[slot], self.boxes[slot])], self.size)
+        else:
+            im = self.load(self.sources[slot][0])
+        return self.normalize(im if im.ndim == 3 else im[..., None])
+
+
+def crop_to(image: np.ndarray, box: Box, size: int) -> np.ndarray:
+    top, left, h, w = box
+    crop = resize_image(image[top:top + h, left:left + w], (size, size))
+    return crop if crop.ndim == 3 else crop[..., None]
 
 
 def class_permutation(labels: np.ndarray, c: int, seed: int) -> np.ndarray:
@@ -80,8 +106,8 @@ class _Scorer:
         return np.concatenate(out)
 
 
-def start_images(config, model, variables, slots: list[tuple[int, int]]) -> StartImages:
-    """The normalized start image of every (class, ipc) slot in `slots` for `recover.init`."""
+def start_images(config, model, variables, slots: list[Slot]) -> StartImages:
+    """Choose the start image of every (class, ipc) slot in `slots` for `recover.init`."""
     rc, dc = config.recover, config.data
     if rc.init not in MODES[1:]:
         raise ValueError(f"unknown recover.init {rc.init!r}; known: {MODES}")
@@ -90,7 +116,7 @@ def start_images(config, model, variables, slots: list[tuple[int, int]]) -> Star
     fit = EvalResize(dc.image_size, dc.eval_resize)
     load = lambda i: np.asarray(fit.map(source[int(i)])["image"])
     scorer = _Scorer(model, variables, dc.mean, dc.std)
-    images, chosen = {}, {}
+    chosen, boxes = {}, {}
     for c in sorted({c for c, _ in slots}):
         ks = sorted(k for cc, k in slots if cc == c)
         perm = class_permutation(labels, c, config.seed)
@@ -103,33 +129,25 @@ def start_images(config, model, variables, slots: list[tuple[int, int]]) -> Star
             for k in ks:
                 chosen[(c, k)] = [int(picks[k % len(picks)])]
         else:
-            tiles, tile_src = _mosaic_tiles(config, c, perm, load, scorer)
+            tiles = _mosaic_tiles(config, c, perm, load, scorer)
             for k in ks:
-                quad = [(4 * k + q) % len(tiles) for q in range(4)]
-                chosen[(c, k)] = [tile_src[q] for q in quad]
-                images[(c, k)] = tile_2x2([tiles[q] for q in quad], dc.image_size)
-        for k in ks:
-            if (c, k) not in images:
-                images[(c, k)] = load(chosen[(c, k)][0])
-    for slot, im in images.items():
-        if im.ndim == 2:
-            im = im[..., None]
-        images[slot] = scorer.normalize(im)
-    return StartImages(images, chosen)
+                quad = [tiles[(4 * k + q) % len(tiles)] for q in range(4)]
+                chosen[(c, k)] = [i for i, _ in quad]
+                boxes[(c, k)] = [box for _, box in quad]
+    return StartImages(chosen, boxes, load, scorer.normalize, dc.image_size)
 
 
-def _mosaic_tiles(config, c: int, perm: np.ndarray, load, scorer: _Scorer):
-    """The 4·IPC crops of class c the teacher is most confident about, best first, with sources."""
+def _mosaic_tiles(config, c: int, perm: np.ndarray, load, scorer: _Scorer) -> list[tuple[int, Box]]:
+    """The 4·IPC crops (train index, box) of class c the teacher is most confident about, best first."""
     rc, size = config.recover, config.data.image_size
     n = max(rc.init_pool, 4 * rc.ipc)
     rng = np.random.default_rng([config.seed, _TAG, c, 4])
     src = perm[np.arange(n) % len(perm)]
-    crops = []
+    candidates, crops = [], []
     for i in src:
         image = load(i)
-        top, left, h, w = rrc_params(rng, image.shape[0], image.shape[1], MOSAIC_CROP_SCALE)
-        crop = resize_image(image[top:top + h, left:left + w], (size, size))
-        crops.append(crop if crop.ndim == 3 else crop[..., None])
-    crops = np.stack(crops)
-    best = np.argsort(-scorer.confidence(crops, c), kind="stable")[:4 * rc.ipc]
-    return [crops[b] for b in best], [int(src[b]) for b in best]
+        box = rrc_params(rng, image.shape[0], image.shape[1], MOSAIC_CROP_SCALE)
+        candidates.append((int(i), box))
+        crops.append(crop_to(image, box, size))
+    best = np.argsort(-scorer.confidence(np.stack(crops), c), kind="stable")[:4 * rc.ipc]
+    return [candidates[b] for b in best]

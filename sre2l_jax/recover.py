@@ -207,7 +207,7 @@ def recover(config, workdir: str, num_devices: int = 0, keep_float: dict | None 
         classes = parallel.shard_host_identical(mesh, np.asarray([b.classes for b in padded], np.int32))
         ipcs = parallel.shard_host_identical(mesh, np.asarray([b.ipcs for b in padded], np.int32))
         x0 = None if start is None else parallel.shard_host_identical(mesh, np.stack(
-            [np.stack([start.images[ck] for ck in zip(b.classes, b.ipcs)]) for b in padded]))
+            [np.stack([start.image(ck) for ck in zip(b.classes, b.ipcs)]) for b in padded]))
         x, opt_state = init(classes, ipcs, x0)
         t = 0
         round_ids = [b.index for b in padded]

@@ -82,16 +82,16 @@ def test_real_init_draws_only_from_the_slots_own_class(data_dir, tiny_teacher, m
     for (cl, k), src in start.sources.items():
         assert len(src) == (4 if mode == "real_mosaic" else 1)
         assert all(labels[i] == cl for i in src), (cl, k, src, labels[src])
-        assert start.images[(cl, k)].shape == (12, 12, 1)
+        assert start.image((cl, k)).shape == (12, 12, 1)
     # Different slots of a class start from different images.
     assert len({tuple(start.sources[(0, k)]) for k in range(4)}) == 4
     # A slot's choice does not depend on which other slots are being run (ranges, resumes).
     alone = real_init.start_images(c, model, variables, [(2, 3)])
     assert alone.sources[(2, 3)] == start.sources[(2, 3)]
-    np.testing.assert_array_equal(alone.images[(2, 3)], start.images[(2, 3)])
+    np.testing.assert_array_equal(alone.image((2, 3)), start.image((2, 3)))
     if mode == "real_random":  # the start image is that train image, normalized
         raw = sources.load_arrays(sources.build_source(c.data, "train"), 12)[0][start.sources[(1, 0)][0]]
-        np.testing.assert_allclose(start.images[(1, 0)], (raw / 255.0 - 0.5) / 0.25, atol=1e-6)
+        np.testing.assert_allclose(start.image((1, 0)), (raw / 255.0 - 0.5) / 0.25, atol=1e-6)
 
 
 def test_medium_picks_take_the_middle_of_the_confidence_order():
