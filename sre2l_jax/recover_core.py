@@ -15,6 +15,7 @@ import optax
 from sre2l_jax import augment
 from sre2l_jax.models import STEM_BN, apply_with_bn_stats
 
+CROP_SCHEDULES = ("constant", "linear", "cosine", "step")
 _NOISE, _AUG = 0, 1  # fold_in tags that keep the init-noise and augmentation streams apart
 
 
@@ -41,15 +42,17 @@ class RecoverHParams:
     adam_b2: float = 0.9
     adam_eps: float = 1e-8
 
+    def __post_init__(self):
+        if self.crop_schedule not in CROP_SCHEDULES:
+            raise ValueError(f"unknown recover.crop_schedule {self.crop_schedule!r}; known: {CROP_SCHEDULES}")
+        if self.crop_schedule != "constant" and not self.crop:
+            raise ValueError(f"recover.crop_schedule={self.crop_schedule!r} schedules the multi-crop "
+                             "scale, so it needs recover.crop=True")
+        if not 0.0 < self.crop_milestone <= 1.0:
+            raise ValueError(f"recover.crop_milestone must be in (0, 1], got {self.crop_milestone}")
+
     @classmethod
     def from_config(cls, rc, data_cfg) -> RecoverHParams:
-        if rc.crop_schedule not in CROP_SCHEDULES:
-            raise ValueError(f"unknown recover.crop_schedule {rc.crop_schedule!r}; known: {CROP_SCHEDULES}")
-        if rc.crop_schedule != "constant" and not rc.crop:
-            raise ValueError(f"recover.crop_schedule={rc.crop_schedule!r} schedules the multi-crop "
-                             "scale, so it needs recover.crop=True")
-        if not 0.0 < rc.crop_milestone <= 1.0:
-            raise ValueError(f"recover.crop_milestone must be in (0, 1], got {rc.crop_milestone}")
         return cls(iterations=rc.iterations, lr=rc.lr, image_size=data_cfg.image_size,
                    mean=tuple(data_cfg.mean), std=tuple(data_cfg.std), alpha_bn=rc.alpha_bn,
                    first_bn_multiplier=rc.first_bn_multiplier, alpha_tv=rc.alpha_tv,
@@ -96,9 +99,6 @@ def init_images(seed: int, classes: jax.Array, ipcs: jax.Array, shape: tuple) ->
     return jax.vmap(one)(classes, ipcs)
 
 
-CROP_SCHEDULES = ("constant", "linear", "cosine", "step")
-
-
 def crop_min_scale(hp: RecoverHParams, t) -> jax.Array:
     """The crop's lower scale bound at iteration t: CDA's easy → hard curriculum.
 
@@ -107,8 +107,6 @@ def crop_min_scale(hp: RecoverHParams, t) -> jax.Array:
     crop_scale[0]. `constant` is SRe²L: crop_scale[0] throughout.
     """
     lo, hi = hp.crop_scale
-    if hp.crop_schedule not in CROP_SCHEDULES:
-        raise ValueError(f"unknown recover.crop_schedule {hp.crop_schedule!r}; known: {CROP_SCHEDULES}")
     t = jnp.asarray(t, jnp.float32)
     if hp.crop_schedule == "constant":
         return jnp.full_like(t, lo)
