@@ -89,6 +89,12 @@ def load_for_data(path: str, data_cfg, what: str) -> tuple[dict, dict]:
     return variables, meta
 
 
+def load_teachers(data_cfg, primary: str, extra=()) -> list[tuple[dict, dict]]:
+    """load_for_data of the teacher and each `recover.extra_teachers` entry, in cycle order."""
+    return [load_for_data(path, data_cfg, "teacher" if i == 0 else f"extra teacher {i}")
+            for i, path in enumerate([primary, *extra])]
+
+
 def manager(directory: str, max_to_keep: int = 2, save_interval_steps: int = 1) -> ocp.CheckpointManager:
     """A CheckpointManager for resumable state (items: 'state' pytree and 'extra' JSON)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,

@@ -161,11 +161,10 @@ def recover(config, workdir: str, num_devices: int = 0, keep_float: dict | None 
     stage_dir = os.path.join(workdir, "recover")
     image_dir = os.path.join(stage_dir, "images")
     teacher_path = rc.teacher or os.path.join(workdir, "squeeze", "model")
-    model, teacher_vars, meta = _load_teacher(config, teacher_path, "teacher")
-    extra = [_load_teacher(config, p, f"extra teacher {i + 1}")
-             for i, p in enumerate(rc.extra_teachers)]
-    models = (model, *(m for m, _, _ in extra))
-    teachers = (teacher_vars, *(v for _, v, _ in extra))
+    loaded = checkpoint.load_teachers(dc, teacher_path, rc.extra_teachers)
+    models = tuple(model_from_meta(m) for _, m in loaded)
+    teachers = tuple(v for v, _ in loaded)
+    model, teacher_vars, meta = models[0], teachers[0], loaded[0][1]
     hp = recover_core.RecoverHParams.from_config(rc, dc)
     ipc_end = rc.ipc if rc.ipc_end < 0 else rc.ipc_end
     class_end = dc.num_classes if rc.class_end < 0 else rc.class_end

@@ -269,15 +269,12 @@ def load_teacher(config, workdir: str):
     meta and path are the first teacher's.
     """
     path = config.recover.teacher or os.path.join(workdir, "squeeze", "model")
-    variables, meta = checkpoint.load_for_data(path, config.data, "teacher")
-    if not config.recover.extra_teachers:
+    loaded = checkpoint.load_teachers(config.data, path, config.recover.extra_teachers)
+    (variables, meta), *extra = loaded
+    if not extra:
         return model_from_meta(meta), variables, meta, path
-    models, all_vars = [model_from_meta(meta)], [variables]
-    for i, extra in enumerate(config.recover.extra_teachers):
-        v, m = checkpoint.load_for_data(extra, config.data, f"extra teacher {i + 1}")
-        models.append(model_from_meta(m))
-        all_vars.append(v)
-    return Ensemble(tuple(models)), tuple(all_vars), meta, path
+    return (Ensemble(tuple(model_from_meta(m) for _, m in loaded)), tuple(v for v, _ in loaded),
+            meta, path)
 
 
 def synthetic_dir(config, workdir: str) -> str:
