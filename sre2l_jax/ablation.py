@@ -15,7 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sre2l_jax import parallel, report, run_all
+from sre2l_jax import checkpoint, parallel, report, run_all
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/fashion_mnist.py:all")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir holding (or receiving) squeeze/.")
@@ -54,11 +54,7 @@ def run_ablation(config, workdir: str) -> str:
         lines.append(f"| {name} | {top1:.2f}{std_s} | {tacc:.1f} | {PAPER[name][0]} | {PAPER[name][1]} |")
     table = "\n".join(lines) + "\n"
     if jax.process_index() == 0:
-        path = os.path.join(workdir, "ablation", "table.md")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(table)
-        os.replace(tmp, path)
+        checkpoint.write_text_atomic(os.path.join(workdir, "ablation", "table.md"), table)
     print(table, flush=True)
     return table
 

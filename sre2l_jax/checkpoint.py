@@ -20,12 +20,16 @@ import orbax.checkpoint as ocp
 MODEL_META = "model.json"
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON to `path` via a temp file + rename so readers never see half a file."""
+def write_text_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` via a temp file + rename so readers never see half a file."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
 
 
 def _json_default(x: Any) -> Any:

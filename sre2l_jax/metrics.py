@@ -9,6 +9,8 @@ import time
 
 import jax
 
+from sre2l_jax.checkpoint import write_text_atomic
+
 
 def _fmt_seconds(s: float) -> str:
     s = int(s)
@@ -34,10 +36,7 @@ class MetricsLog:
         if not self._writer or not os.path.exists(self.path):
             return
         kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
-        tmp = f"{self.path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, step: int, **values) -> None:
         values = {k: float(v) if hasattr(v, "__float__") else v for k, v in values.items()}

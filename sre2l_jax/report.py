@@ -198,8 +198,5 @@ td,th{{padding:4px 12px;border-bottom:1px solid #ddd}}</style></head><body>
 {_variants_section(workdir)}
 </body></html>"""
     path = os.path.join(out, "index.html")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(page)
-    os.replace(tmp, path)
+    checkpoint.write_text_atomic(path, page)
     return path

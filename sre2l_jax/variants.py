@@ -91,9 +91,7 @@ def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
         rows = _merge_with_earlier(os.path.join(out, "results.json"), rows)
         checkpoint.write_json_atomic(os.path.join(out, "results.json"), rows)
         table = variants_table(config, rows)
-        with open(os.path.join(out, "table.md.tmp"), "w") as f:
-            f.write(table)
-        os.replace(os.path.join(out, "table.md.tmp"), os.path.join(out, "table.md"))
+        checkpoint.write_text_atomic(os.path.join(out, "table.md"), table)
         report.write_report(config, workdir)
         print(table, flush=True)
     return rows
