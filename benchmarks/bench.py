@@ -79,8 +79,9 @@ def run_recover(run: Runner, quick: bool) -> list[dict]:
         jx = run.recover("jax", stem, res)
         pt = run.recover("torch", stem, res)
         fix = run.recover("jax", stem, res, patch="canonical_conv")
+        wino = run.recover("jax", stem, res, patch="winograd")
         rows.append({"case": name, "stem": stem, "res": res, "batch": BATCH, "jax": jx, "torch": pt,
-                     "jax_canonical_conv": fix, "iters_timed": ITERS[run.mode][res]})
+                     "jax_canonical_conv": fix, "jax_winograd": wino, "iters_timed": ITERS[run.mode][res]})
     return rows
 
 
@@ -88,8 +89,8 @@ def run_scaling(run: Runner) -> dict:
     """Its own runs, back to back (not section 1's): on a shared machine the load drifts."""
     pix_batch = SCALING_PIXEL_BATCH[run.mode]
 
-    def sc(res, batch):
-        return run.recover("jax", "lowres", res, batch=batch, block="scaling")
+    def sc(res, batch):  # the package's default (Winograd) step
+        return run.recover("jax", "lowres", res, batch=batch, block="scaling", patch="winograd")
 
     by_batch = [{"batch": b, "res": 32, **sc(32, b)} for b in (25, 50, 100)]
     by_pixels = [{"batch": pix_batch, "res": r, **sc(r, pix_batch)} for r in (16, 32, 64)]
@@ -108,8 +109,8 @@ def run_pipeline(run: Runner) -> dict:
 
 
 def run_memory(run: Runner, quick: bool) -> list[dict]:
-    return [{"case": name, "jax": run.recover("jax", stem, res), "torch": run.recover("torch", stem, res)}
-            for name, stem, res in recover_cases(quick)]
+    return [{"case": name, "jax": run.recover("jax", stem, res, patch="winograd"),
+             "torch": run.recover("torch", stem, res)} for name, stem, res in recover_cases(quick)]
 
 
 def run_options(run: Runner, quick: bool) -> dict:
@@ -128,7 +129,7 @@ def run_options(run: Runner, quick: bool) -> dict:
     precision = [{"dtype": dt, "res": r, **(base[r] if dt == "float32" else opt(r, dtype=dt))}
                  for r in sizes for dt in ("float32", "bfloat16")]
     vmap = [{"nbatch": 1, **base[32]}, {"nbatch": 2, **opt(32, nbatch=2)}]
-    fix = [{"res": r, **opt(r, patch="canonical_conv")} for r in sizes]
+    fix = [{"res": r, "patch": p, **opt(r, patch=p)} for p in ("canonical_conv", "winograd") for r in sizes]
     # PyTorch's OpenMP threads degrade badly when the cores are shared (oversubscription): 1 thread
     # next to the authors' setting tells whether the PyTorch rows were distorted by other load.
     torch_threads = [{"threads": n, **run.recover("torch", "lowres", 32, batch=b, block="options",

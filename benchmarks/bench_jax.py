@@ -39,9 +39,10 @@ def random_variables(model, image_shape, seed: int = 0) -> dict:
 
 
 def _maybe_patch(spec: dict) -> None:
-    # The package uses the canonical-gradient conv on CPU (sre2l_jax/conv.py); "JAX" rows measure
-    # XLA's stock conv gradient, "canonical_conv" rows the package default.
-    os.environ["SRE2L_CONV"] = "canonical" if spec.get("patch") == "canonical_conv" else "stock"
+    # sre2l_jax/conv.py: "JAX" rows measure XLA's stock conv gradient, "canonical_conv" rows the
+    # canonical input gradient, "winograd" rows the package's CPU default.
+    modes = {"canonical_conv": "canonical", "winograd": "winograd"}
+    os.environ["SRE2L_CONV"] = modes.get(spec.get("patch"), "stock")
 
 
 def _device_memory() -> dict | None:

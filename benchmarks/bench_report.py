@@ -38,16 +38,22 @@ def recover_md(rows: list[dict], peak: float) -> list[str]:
     out = ["## 1. Recovery step (one Adam iteration on a batch of 100)", "",
            "JAX: `recover_core.run_iterations` over k iterations in one jit call (ms/iteration = "
            "total/k after a warm-up call). PyTorch: the authors' loop. GFLOP/iteration is XLA's cost "
-           "analysis of the JAX step; the other rows divide the same count by their time. 'JAX "
-           "(sre2l_jax)' is what the package runs: convolutions with a canonical input-gradient "
-           "(sre2l_jax/conv.py, the CPU default); 'JAX, stock conv grad' is the same step with XLA's "
-           "own conv gradient (SRE2L_CONV=stock), the naive version.", ""]
+           "analysis of the stock JAX step (the direct convolution's count; Winograd does fewer "
+           "multiplications for the same result, so its GFLOP/s are 'effective'); the other rows "
+           "divide the same count by their time. 'JAX (sre2l_jax)' is what the package runs on CPU: "
+           "Winograd F(4×4, 3×3) for stride-1 3×3 convolutions, the canonical input gradient for the "
+           "others (sre2l_jax/conv.py, SRE2L_CONV=winograd); 'JAX, canonical conv' is the previous "
+           "default (SRE2L_CONV=canonical); 'JAX, stock conv grad' is XLA's own conv gradient "
+           "(SRE2L_CONV=stock), the naive version.", ""]
     table = []
     for r in rows:
         jx, pt = r["jax"], r["torch"]
         flops = jx.get("flops_per_iter")
         impls = [("JAX, stock conv grad", jx), ("PyTorch", pt)]
-        if "jax_canonical_conv" in r:
+        if "jax_winograd" in r:
+            impls.append(("JAX, canonical conv", r["jax_canonical_conv"]))
+            impls.append(("JAX (sre2l_jax)", r["jax_winograd"]))
+        elif "jax_canonical_conv" in r:  # results written before the Winograd path
             impls.append(("JAX (sre2l_jax)", r["jax_canonical_conv"]))
         for impl, res in impls:
             if _err(res):
@@ -65,7 +71,7 @@ def recover_md(rows: list[dict], peak: float) -> list[str]:
 
 
 def scaling_md(s: dict) -> list[str]:
-    out = ["## Scaling of the JAX low-res step (ResNet-18 width 64)", "",
+    out = ["## Scaling of the JAX low-res step (ResNet-18 width 64, the package default: Winograd)", "",
            "ratio to linear = measured ms / (reference ms × size / reference size); reference = the "
            "largest batch (by batch) or 32² (by pixels). > 1: the smaller case is less efficient.", ""]
     sweeps = (("by_batch", "batch (32²)", lambda r: r["batch"], lambda r: r["batch"] == 100),
@@ -159,7 +165,10 @@ def options_md(o: dict) -> list[str]:
     ref1 = next((r.get("ms_per_batch_iter") for r in o["batches_per_call"] if r["nbatch"] == 1), None)
     table += [row("batches per call", f"{r['nbatch']} (vmap)", r, ref1) for r in o["batches_per_call"]]
     for r in o.get("canonical_conv", []):
-        table.append(row("canonical input-grad conv (package default)", f"{r['res']}² (sre2l_jax/conv.py)",
+        wino = r.get("patch") == "winograd"
+        name = "Winograd F(4×4, 3×3) + canonical conv (package default)" if wino else \
+            "canonical input-grad conv"
+        table.append(row(name, f"{r['res']}² (SRE2L_CONV={'winograd' if wino else 'canonical'})",
                          r, base.get(r["res"])))
     tt = o.get("torch_threads", [])
     ref_t = next((r.get("ms_per_iter") for r in tt if r is tt[0]), None)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,9 +21,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sre2l_jax.conv import canonical_conv
+from sre2l_jax import conv
 
 BN_STATS = "bn_stats"
+WINOGRAD = "winograd"  # collection of transformed conv kernels, see with_winograd_kernels
 STEM_BN = "bn1"  # torchvision's name for the stem BatchNorm, the one SRe²L weights by 10.
 
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's kaiming
@@ -69,15 +69,35 @@ class BatchNorm(nn.Module):
         return y.astype(self.dtype)
 
 
-def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any) -> nn.Conv:
-    pad = kernel // 2
-    # On CPU the canonical-gradient conv makes the recovery step 2-3× faster (see conv.py);
-    # SRE2L_CONV=stock restores XLA's own gradient (the benchmarks compare both).
-    canonical = jax.default_backend() == "cpu" and os.environ.get("SRE2L_CONV") != "stock"
-    impl = canonical_conv if canonical else jax.lax.conv_general_dilated
-    return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(pad, pad), (pad, pad)],
-                   use_bias=False, kernel_init=conv_init, dtype=dtype, name=name,
-                   conv_general_dilated=impl)
+class Conv(nn.Module):
+    """Bias-free NHWC conv with padding kernel // 2 (the parameter tree of `nn.Conv`: `kernel`).
+
+    On CPU its gradient runs through `conv.canonical_conv`; with transformed kernels in the
+    `winograd` collection (`with_winograd_kernels`) a stride-1 3×3 conv runs Winograd F(4×4, 3×3).
+    """
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, s = self.kernel_size, self.stride
+        kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features), jnp.float32)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        mode = conv.conv_mode()
+        if mode == "winograd" and conv.winograd_eligible(x.shape, kernel.shape, s) and (
+                self.has_variable(WINOGRAD, "kernels")
+                or (self.is_mutable_collection(WINOGRAD) and not self.is_initializing())):
+            kernels = self.variable(WINOGRAD, "kernels", conv.winograd_kernels, kernel).value
+            return conv.winograd_conv2d(x, kernel, kernels)
+        impl = jax.lax.conv_general_dilated if mode == "stock" else conv.canonical_conv
+        return impl(x, kernel, (s, s), [(k // 2, k // 2)] * 2, dimension_numbers=conv.DN)
+
+
+def _conv(features: int, kernel: int, stride: int, name: str, dtype: Any) -> Conv:
+    return Conv(features, kernel, stride, dtype, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -222,3 +242,17 @@ def apply_with_bn_stats(model: ResNet, variables: dict, x: jax.Array):
     """Eval-mode forward that also returns the per-BN statistics in forward order."""
     logits, state = model.apply(variables, x, train=False, mutable=[BN_STATS])
     return logits, bn_statistics(state[BN_STATS])
+
+
+def with_winograd_kernels(model: ResNet, variables, input_shape: Sequence[int]):
+    """`variables` plus the Winograd kernels of every conv that uses them on NHWC `input_shape`.
+
+    For a loop over frozen weights; a no-op unless `conv.conv_mode()` is `winograd`. Call it
+    inside the jitted function, before the loop: the dummy forward only decides which convs are
+    eligible (`conv.winograd_eligible`) and XLA drops it.
+    """
+    if conv.conv_mode() != "winograd" or WINOGRAD in variables:
+        return variables
+    _, state = model.apply(variables, jnp.zeros(input_shape, jnp.float32), train=False,
+                           mutable=[WINOGRAD])
+    return {**variables, WINOGRAD: state[WINOGRAD]} if state.get(WINOGRAD) else variables

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from sre2l_jax import augment
-from sre2l_jax.models import STEM_BN, apply_with_bn_stats
+from sre2l_jax.models import STEM_BN, apply_with_bn_stats, with_winograd_kernels
 
 CROP_SCHEDULES = ("constant", "linear", "cosine", "step")
 _NOISE, _AUG = 0, 1  # fold_in tags that keep the init-noise and augmentation streams apart
@@ -176,6 +176,8 @@ def run_iterations(x, opt_state, labels, key, t0, t1, *, model, variables, hp: R
     """
     models = model if isinstance(model, tuple) else (model,)
     teachers = tuple(variables) if isinstance(model, tuple) else (variables,)
+    model_input = (x.shape[0], hp.image_size, hp.image_size, x.shape[-1]) if hp.crop else x.shape
+    teachers = tuple(with_winograd_kernels(m, v, model_input) for m, v in zip(models, teachers))
     tx = optimizer(hp)
     lo, hi = pixel_bounds(hp)
 
