@@ -53,6 +53,12 @@ def _device_memory() -> dict | None:
     return {k: stats.get(k) for k in ("peak_bytes_in_use", "bytes_in_use", "bytes_limit")}
 
 
+def _temp_mib(compiled) -> float | None:
+    """XLA's buffer assignment: the step's temporary buffers (activations, transforms), in MiB."""
+    ma = compiled.memory_analysis()
+    return ma.temp_size_in_bytes / 2**20 if ma is not None else None
+
+
 def _flops(compiled) -> float | None:
     ca = compiled.cost_analysis()
     if isinstance(ca, list | tuple):  # older jax returned one dict per computation
@@ -97,6 +103,7 @@ def recover(spec: dict) -> dict:
     compiled = jax.jit(fn, donate_argnums=(0, 1)).lower(x, opt_state, labels, key, t0, t1,
                                                         variables).compile()
     compile_s = time.perf_counter() - tc
+    rss_compiled = max_rss_mib()  # the compiler's own peak shows here, before any step ran
     flops = _flops(compiled)  # the while-loop body is counted once: FLOPs of one iteration
 
     warm = spec.get("warmup", 1)  # 0: a call that runs no iteration (allocations, thread pools)
@@ -119,7 +126,8 @@ def recover(spec: dict) -> dict:
         "gflops_per_s": (flops * k / best / 1e9) if flops else None,
         "compile_s": compile_s, "times_s": times, "loss": float(m["loss"].mean()),
         "finite": bool(np.isfinite(np.asarray(x)).all()),
-        "rss_setup_mib": rss_setup, "rss_peak_mib": max_rss_mib(), "device_memory": _device_memory(),
+        "rss_setup_mib": rss_setup, "rss_compiled_mib": rss_compiled, "rss_peak_mib": max_rss_mib(),
+        "xla_temp_mib": _temp_mib(compiled), "device_memory": _device_memory(),
         "device": str(jax.devices()[0]),
     }
 
