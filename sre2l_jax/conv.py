@@ -115,11 +115,16 @@ def _combine(matrix: np.ndarray, parts: list) -> list:
 WINOGRAD_MIN_MACS = 2**24
 
 
-def winograd_eligible(input_shape, kernel_shape, stride: int) -> bool:
-    """Whether a convolution (padding kernel // 2) is one `winograd_conv` computes, and pays off."""
+def winograd_eligible(input_shape, kernel_shape, stride: int, dtype=jnp.float32) -> bool:
+    """Whether a convolution (padding kernel // 2) is one `winograd_conv` computes, and pays off.
+
+    float32 only: F(4×4, 3×3)'s transforms amplify rounding error, which bfloat16's 8-bit mantissa
+    would turn into visible error.
+    """
     n, h, w, _ = input_shape
     macs = n * h * w * int(np.prod(kernel_shape))
-    return tuple(kernel_shape[:2]) == (3, 3) and stride == 1 and macs >= WINOGRAD_MIN_MACS
+    return (tuple(kernel_shape[:2]) == (3, 3) and stride == 1 and macs >= WINOGRAD_MIN_MACS
+            and jnp.dtype(dtype) == jnp.float32)
 
 
 def winograd_kernels(w: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -87,7 +87,7 @@ class Conv(nn.Module):
         kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features), jnp.float32)
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         mode = conv.conv_mode()
-        if mode == "winograd" and conv.winograd_eligible(x.shape, kernel.shape, s) and (
+        if mode == "winograd" and conv.winograd_eligible(x.shape, kernel.shape, s, self.dtype) and (
                 self.has_variable(WINOGRAD, "kernels")
                 or (self.is_mutable_collection(WINOGRAD) and not self.is_initializing())):
             kernels = self.variable(WINOGRAD, "kernels", conv.winograd_kernels, kernel).value

@@ -151,6 +151,17 @@ class _Progress:
             checkpoint.write_json_atomic(self.path, {"fingerprint": self.fingerprint, "done": self.done})
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(rc):
+    """The teacher's compute dtype during recovery (`recover.compute_dtype`)."""
+    if rc.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"unknown recover.compute_dtype {rc.compute_dtype!r}; "
+                         f"known: {sorted(COMPUTE_DTYPES)}")
+    return COMPUTE_DTYPES[rc.compute_dtype]
+
+
 def recover(config, workdir: str, num_devices: int = 0, keep_float: dict | None = None) -> dict:
     """Recover the configured batches into `workdir/recover/images` and write the manifest.
 
@@ -162,7 +173,7 @@ def recover(config, workdir: str, num_devices: int = 0, keep_float: dict | None 
     image_dir = os.path.join(stage_dir, "images")
     teacher_path = rc.teacher or os.path.join(workdir, "squeeze", "model")
     loaded = checkpoint.load_teachers(dc, teacher_path, rc.extra_teachers)
-    models = tuple(model_from_meta(m) for _, m in loaded)
+    models = tuple(model_from_meta(m).clone(dtype=compute_dtype(rc)) for _, m in loaded)
     teachers = tuple(v for v, _ in loaded)
     model, teacher_vars, meta = models[0], teachers[0], loaded[0][1]
     hp = recover_core.RecoverHParams.from_config(rc, dc)

@@ -117,3 +117,27 @@ def test_winograd_recovery_does_not_depend_on_device_count(tmp_path, tiny_teache
     monkeypatch.setenv("SRE2L_CONV", "canonical")
     canonical = _run(tmp_path, "c1", 1, tiny_teacher[2])
     assert any(not np.array_equal(ref[k], canonical[k]) for k in ref)  # Winograd did run
+
+
+def test_bfloat16_recovery_compute(tmp_path, tiny_teacher, monkeypatch):
+    """recover.compute_dtype=bfloat16: bf16 convs (never Winograd), float32 images near float32's."""
+    from conftest import tiny_config
+    from test_recover import _run
+
+    from sre2l_jax import recover
+
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_MACS", 0)
+    assert not conv.winograd_eligible((4, 12, 12, 4), (3, 3, 4, 4), 1, jnp.bfloat16)
+    ref = _run(tmp_path, "f32", 1, tiny_teacher[2])
+    c, bf16 = tiny_config(teacher=tiny_teacher[2]), {}
+    c.recover.compute_dtype = "bfloat16"
+    recover.recover(c, str(tmp_path / "bf16"), keep_float=bf16)
+    assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in bf16.values())
+    # Adam's normalized steps turn bf16 noise on tiny gradients into lr-sized pixel moves, so the
+    # mean (not the max) difference is what stays small.
+    diff = float(np.mean([np.mean(np.abs(bf16[k] - ref[k])) for k in ref]))
+    moved = float(np.mean([np.mean(np.abs(ref[k] - ref[(k[0], (k[1] + 1) % 4)])) for k in ref]))
+    assert 0 < diff < 0.1 * moved, (diff, moved)
+    c.recover.compute_dtype = "float16"
+    with pytest.raises(ValueError, match="recover.compute_dtype 'float16'"):
+        recover.recover(c, str(tmp_path / "x"))
