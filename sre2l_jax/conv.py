@@ -13,8 +13,8 @@ dilated by the stride).
 winograd: Eigen's im2col GEMM reaches 90-200 GFLOP/s here and spends up to 31 % of its work on zero
 padding at 4×4 maps; PyTorch's direct oneDNN kernels were faster on every map size. Winograd
 F(4×4, 3×3) (Lavin & Gray 2016) computes a 4×4 output tile from a 6×6 input tile with 36 products
-per channel pair instead of 144: a batched [36, tiles, in] × [36, in, out] matmul between linear
-transforms. Only stride-1 3×3 convolutions whose transformed kernels were prepared before the loop
+per channel pair instead of 144: 36 [tiles, in] × [in, out] matmuls, one per tile position, between
+linear transforms. Only stride-1 3×3 convolutions whose transformed kernels were prepared before the loop
 (`models.with_winograd_kernels`; XLA would not hoist the 4× larger kernels out of a while loop)
 use it, so training and labelling keep the canonical convolution. In float32 it agrees with the
 direct convolution to ~1e-5 relative (tests/test_conv.py); benchmarks/RESULTS.md has the speed.
