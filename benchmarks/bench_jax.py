@@ -1,8 +1,8 @@
 """JAX workers of bench.py; each runs in its own process and returns one dict.
 
-recover: `recover_core.run_iterations` (crop+flip, roll, forward with per-BN input statistics,
+recover: `recover.objective.run_iterations` (crop+flip, roll, forward with per-BN input statistics,
   CE + α_BN·R_BN, gradient to the images, Adam, clip) over k iterations inside one jit call.
-student: `student.online_step` (teacher forward + student step) vs `student.stored_step`.
+student: `student.steps.online_step` (teacher forward + student step) vs `student.steps.stored_step`.
 pipeline: `pipeline.train_iterator` for Fashion-MNIST vs the squeeze `train_step` at that config.
 """
 
@@ -67,8 +67,8 @@ def _flops(compiled) -> float | None:
 
 
 def recover(spec: dict) -> dict:
-    from sre2l_jax import recover_core
     from sre2l_jax.models import create_model
+    from sre2l_jax.recover import objective
 
     _maybe_patch(spec)
     stem, res, batch = spec["stem"], spec["res"], spec["batch"]
@@ -77,13 +77,13 @@ def recover(spec: dict) -> dict:
     num_classes, alpha_bn, lr, jitter = recover_setup(stem, res)
     model = create_model("resnet18", num_classes, spec.get("width", 64), stem, dtype)
     variables = random_variables(model, (res, res, 3))
-    hp = recover_core.RecoverHParams(iterations=1000, lr=lr, image_size=res, mean=IMAGENET_MEAN,
+    hp = objective.RecoverHParams(iterations=1000, lr=lr, image_size=res, mean=IMAGENET_MEAN,
                                      std=IMAGENET_STD, alpha_bn=alpha_bn, jitter=jitter)
-    tx = recover_core.optimizer(hp)
+    tx = objective.optimizer(hp)
 
     def one(x, opt_state, labels, key, t0, t1, variables):
-        return recover_core.run_iterations(x, opt_state, labels, key, t0, t1, model=model,
-                                           variables=variables, hp=hp)
+        return objective.run_iterations(x, opt_state, labels, key, t0, t1, models=(model,),
+                                        variables=(variables,), hp=hp)
 
     fn = one
     shape = (batch, res, res, 3)
@@ -133,9 +133,10 @@ def recover(spec: dict) -> dict:
 
 
 def _student_parts(spec: dict):
-    from sre2l_jax import optim, student
+    from sre2l_jax import optim
     from sre2l_jax.models import create_model
-    from sre2l_jax.squeeze import TrainState
+    from sre2l_jax.student import plans, steps
+    from sre2l_jax.train_state import TrainState
 
     res, batch, width = spec["res"], spec["batch"], spec.get("width", 64)
     num_classes = spec.get("num_classes", 100)
@@ -144,8 +145,8 @@ def _student_parts(spec: dict):
     student_vars = random_variables(model, (res, res, 3), seed=1)
     tx = optim.make_optimizer("sgd", optim.cosine_with_warmup(0.2, 100, 10, 5), momentum=0.9,
                               weight_decay=1e-4)
-    spec_aug = student.AugSpec(res, IMAGENET_MEAN, IMAGENET_STD, mix=spec.get("mix", "none"))
-    recipe = student.Recipe(student=model, teacher=model, tx=tx, spec=spec_aug, tau=20.0,
+    spec_aug = plans.AugSpec(res, IMAGENET_MEAN, IMAGENET_STD, mix=spec.get("mix", "none"))
+    recipe = steps.Recipe(student=model, teacher=model, tx=tx, spec=spec_aug, tau=20.0,
                             tau2_factor=True)
     state = TrainState(jnp.zeros((), jnp.int32), student_vars["params"],
                        student_vars["batch_stats"], tx.init(student_vars["params"]))
@@ -153,13 +154,13 @@ def _student_parts(spec: dict):
     n = 10 * batch
     images = jnp.asarray(rng.integers(0, 256, (n, res, res, 3), dtype=np.uint8))
     labels = jnp.asarray(np.arange(n, dtype=np.int32) % num_classes)
-    return student, recipe, state, teacher_vars, images, labels
+    return steps, recipe, state, teacher_vars, images, labels
 
 
 def student_steps(spec: dict) -> dict:
     """ms/step of the online-teacher step and the stored-label step (student only)."""
     _maybe_patch(spec)
-    student, recipe, state, teacher_vars, images, labels = _student_parts(spec)
+    student, recipe, state, teacher_vars, images, labels = _student_parts(spec)  # student: the steps module
     batch, k = spec["batch"], spec["iters"]
     idx = jnp.arange(batch, dtype=jnp.int32)
     ids = jnp.asarray([0, 0, 0], jnp.int32)
@@ -201,6 +202,7 @@ def pipeline(spec: dict) -> dict:
     from sre2l_jax.data import pipeline as pl
     from sre2l_jax.data import sources
     from sre2l_jax.models import create_model, init_variables
+    from sre2l_jax.train_state import TrainState
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                     "configs"))
@@ -225,7 +227,7 @@ def pipeline(spec: dict) -> dict:
                               sc.warmup_epochs, per_epoch=False), momentum=sc.momentum,
                               weight_decay=sc.weight_decay)
     v = init_variables(model, jax.random.key(0), (dc.image_size, dc.image_size, dc.channels))
-    state = squeeze.TrainState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
+    state = TrainState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"],
                                tx.init(v["params"]))
     step = jax.jit(functools.partial(squeeze.train_step, model=model, tx=tx,
                                      label_smoothing=sc.label_smoothing), donate_argnums=(0,))

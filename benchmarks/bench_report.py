@@ -36,7 +36,7 @@ def _pct(gflops, peak):
 
 def recover_md(rows: list[dict], peak: float) -> list[str]:
     out = ["## 1. Recovery step (one Adam iteration on a batch of 100)", "",
-           "JAX: `recover_core.run_iterations` over k iterations in one jit call (ms/iteration = "
+           "JAX: `recover.objective.run_iterations` over k iterations in one jit call (ms/iteration = "
            "total/k after a warm-up call). PyTorch: the authors' loop. GFLOP/iteration is XLA's cost "
            "analysis of the stock JAX step (the direct convolution's count; Winograd does fewer "
            "multiplications for the same result, so its GFLOP/s are 'effective'); the other rows "
@@ -95,9 +95,9 @@ def scaling_md(s: dict) -> list[str]:
 
 def student_md(s: dict, peak: float) -> list[str]:
     out = ["## 2. Student step (ResNet-18 low-res width 64, 32², batch 100, SGD, KD τ=20)", "",
-           "`student.online_step` (teacher forward + student forward/backward, soft=True) vs "
-           "`student.stored_step` (stored plan and logits, student only); `teacher_only` is "
-           "`student.label_batch` (what relabel runs per batch).", ""]
+           "`student.steps.online_step` (teacher forward + student forward/backward, soft=True) vs "
+           "`student.steps.stored_step` (stored plan and logits, student only); `teacher_only` is "
+           "`student.steps.label_batch` (what relabel runs per batch).", ""]
     if _err(s):
         return [*out, _err(s), ""]
     table = [[name, _f(s[name]["ms_per_step"], "{:.0f}"), _f(s[name]["images_per_s"]),

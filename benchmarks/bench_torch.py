@@ -7,7 +7,7 @@ every BatchNorm2d computing the input's mean over (N,H,W) and biased variance an
 RandomResizedCrop + RandomHorizontalFlip on the whole batch tensor, torch.roll jitter, CE +
 α_BN·Σ m_l R_l, backward to the input, Adam(betas (0.5, 0.9), eps 1e-8), clip to the valid range.
 The authors also build TV/L2 prior terms with zero weight every iteration; they are left out here,
-as recover_core leaves them out when their weights are zero. Benchmark-only: the package never
+as recover.objective leaves them out when their weights are zero. Benchmark-only: the package never
 imports torch.
 """
 

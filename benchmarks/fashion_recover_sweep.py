@@ -42,7 +42,7 @@ def main():
             k, v = assign.split("=", 1)
             c.recover[k] = ast.literal_eval(v)
         t = time.time()
-        s = recover.recover(c, os.path.join(args.out, name))
+        s = recover.run(c, os.path.join(args.out, name))
         rows.append((name, assigns, s["teacher_accuracy"], s["mean_final_ce"], time.time() - t))
         print(f"{name}: teacher acc {s['teacher_accuracy']:.1f}%  CE {s['mean_final_ce']:.3f}  "
               f"{time.time() - t:.0f}s", flush=True)

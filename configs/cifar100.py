@@ -24,10 +24,9 @@ def get_config(arg: str | None = None, name: str = "cifar100", num_classes: int 
     r = c.recover
     r.ipc, r.lr, r.alpha_bn, r.iterations, r.batch_size = arg.ipc, 0.25, 0.01, 1000, 100
     r.crop, r.jitter = False, (0, 4)
-    c.relabel.temperature, c.relabel.mix, c.relabel.mix_alpha = 30.0, "mixup", 0.8
-    c.relabel.epochs = c.validate.epochs = 400
-    c.relabel.batch_size = c.validate.batch_size = 128
-    c.validate.optimizer, c.validate.lr, c.validate.weight_decay = "adamw", 1e-3, 0.01
+    st = c.student
+    st.temperature, st.mix, st.mix_alpha, st.epochs, st.batch_size = 30.0, "mixup", 0.8, 400, 128
+    st.optimizer, st.lr, st.weight_decay = "adamw", 1e-3, 0.01
     if arg.runlocal:
         configlib.shrink_for_runlocal(c)
     return configlib.lock(c)

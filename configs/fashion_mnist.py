@@ -40,10 +40,8 @@ def get_config(arg: str | None = None):
     r.ipc, r.iterations, r.lr, r.alpha_bn = arg.ipc, arg.iterations, 0.25, 0.01
     r.crop, r.jitter, r.checkpoint_every = False, (0, 4), 100
 
-    c.relabel.epochs = c.validate.epochs = 300
-    c.relabel.batch_size = c.validate.batch_size = 100
-    c.validate.student_arch, c.validate.student_width = "resnet18", arg.width
-    c.validate.eval_every_epochs = 50
+    st = c.student
+    st.epochs, st.batch_size, st.arch, st.width, st.eval_every_epochs = 300, 100, "resnet18", arg.width, 50
     c.validate.seeds = tuple(range(arg.seeds))  # seeds=3 for the mean ± std table
 
     if arg.runlocal:

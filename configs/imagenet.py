@@ -29,7 +29,7 @@ def get_config(arg: str | None = None):
     c.recover.ipc = arg.ipc
     # The authors' α_BN 0.01 is for ResNet-18; ResNet-50's BN loss is ~100× larger (SPEC §2).
     c.recover.alpha_bn = arg.alpha_bn or (0.01 if arg.arch in ("resnet18", "resnet34") else 1e-4)
-    c.validate.student_arch = arg.arch
+    c.student.arch = arg.arch
     if arg.runlocal:
         configlib.shrink_for_runlocal(c)
     return configlib.lock(c)

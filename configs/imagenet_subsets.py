@@ -59,7 +59,7 @@ def get_config(arg: str | None = None):
     d.image_size, d.eval_resize = size, size * 8 // 7
     c.squeeze.epochs, c.squeeze.lr, c.squeeze.weight_decay, c.squeeze.warmup_epochs = 100, 0.1, 1e-4, 5
     c.recover.ipc = arg.ipc
-    c.relabel.batch_size = c.validate.batch_size = 128
+    c.student.batch_size = 128
     if arg.runlocal:
         configlib.shrink_for_runlocal(c)
     return configlib.lock(c)

@@ -23,12 +23,10 @@ def get_config(arg: str | None = None):
     c.squeeze.torchvision_weights = arg.weights
     r = c.recover
     r.ipc, r.lr, r.alpha_bn, r.iterations, r.jitter, r.batch_size = arg.ipc, 0.1, 1.0, 4000, (-4, 4), 100
-    c.relabel.temperature, c.relabel.mix = 20.0, "none"
-    c.relabel.epochs = c.validate.epochs = 100
-    c.relabel.batch_size = c.validate.batch_size = 256
-    v = c.validate
-    v.student_arch, v.optimizer, v.lr, v.momentum, v.weight_decay = arg.arch, "sgd", 0.2, 0.9, 1e-4
-    v.warmup_epochs, v.tau2_factor, v.schedule = 5, True, "cosine_epoch"
+    st = c.student
+    st.temperature, st.mix, st.epochs, st.batch_size = 20.0, "none", 100, 256
+    st.arch, st.optimizer, st.lr, st.momentum, st.weight_decay = arg.arch, "sgd", 0.2, 0.9, 1e-4
+    st.warmup_epochs, st.tau2_factor, st.schedule = 5, True, "cosine_epoch"
     if arg.runlocal:
         configlib.shrink_for_runlocal(c)
     return configlib.lock(c)

@@ -1,8 +1,8 @@
 """Orbax checkpoints: finished models (squeezed, imported, students) and resumable training state.
 
 A *model checkpoint* is a directory holding `variables/` ({params, batch_stats}, Orbax PyTree) and
-`model.json` (architecture, class count, normalization, class names, accuracy). Every later stage
-loads a teacher through `load_model` and checks it against the data it is about to use.
+`model.json` (architecture, class count, normalization, class names, accuracy). Later stages load
+teachers through `teachers.py`, which checks them against the data they are about to serve.
 """
 
 from __future__ import annotations
@@ -17,27 +17,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sre2l_jax import stage_state
+
 MODEL_META = "model.json"
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` via a temp file + rename so readers never see half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic | np.ndarray | jax.Array):
-        return np.asarray(x).tolist()
-    if isinstance(x, tuple):
-        return list(x)
-    raise TypeError(f"not JSON serializable: {type(x)}")
 
 
 def is_model_checkpoint(directory: str) -> bool:
@@ -54,7 +36,7 @@ def save_model(directory: str, variables: dict, meta: dict) -> None:
     with ocp.PyTreeCheckpointer() as ckptr:
         ckptr.save(os.path.join(directory, "variables"), variables)
     if jax.process_index() == 0:
-        write_json_atomic(os.path.join(directory, MODEL_META), meta)
+        stage_state.write_json_atomic(os.path.join(directory, MODEL_META), meta)
 
 
 def load_model(directory: str) -> tuple[dict, dict]:
@@ -69,34 +51,6 @@ def load_model(directory: str) -> tuple[dict, dict]:
     with ocp.PyTreeCheckpointer() as ckptr:
         variables = ckptr.restore(os.path.join(directory, "variables"))
     return variables, meta
-
-
-def check_compatible(meta: dict, *, num_classes: int, channels: int, what: str) -> None:
-    """Raise when a checkpoint cannot serve data with `num_classes` classes and `channels` channels."""
-    if meta["num_classes"] != num_classes:
-        raise ValueError(
-            f"{what} has {meta['num_classes']} classes but the data has {num_classes}; "
-            "use the checkpoint trained on this data (or set data.class_ids to match)")
-    if meta.get("channels", channels) != channels:
-        raise ValueError(f"{what} expects {meta['channels']}-channel images, the data has {channels}")
-
-
-def load_for_data(path: str, data_cfg, what: str) -> tuple[dict, dict]:
-    """load_model + the checks that the model can serve this data (classes, channels, normalization)."""
-    variables, meta = load_model(path)
-    check_compatible(meta, num_classes=data_cfg.num_classes, channels=data_cfg.channels,
-                     what=f"{what} at {path}")
-    for key in ("mean", "std"):
-        if not np.allclose(meta[key], data_cfg[key]):
-            raise ValueError(f"the {what} at {path} was trained with {key}={meta[key]}, the config "
-                             f"says {tuple(data_cfg[key])}")
-    return variables, meta
-
-
-def load_teachers(data_cfg, primary: str, extra=()) -> list[tuple[dict, dict]]:
-    """load_for_data of the teacher and each `recover.extra_teachers` entry, in cycle order."""
-    return [load_for_data(path, data_cfg, "teacher" if i == 0 else f"extra teacher {i}")
-            for i, path in enumerate([primary, *extra])]
 
 
 def manager(directory: str, max_to_keep: int = 2, save_interval_steps: int = 1) -> ocp.CheckpointManager:

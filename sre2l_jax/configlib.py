@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 
 import ml_collections
 
@@ -47,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.runlocal = False
     c.log_every_steps = 50
+    c.num_devices = 0  # use the first N devices (0: all); results do not depend on it
 
     c.data = d = ml_collections.ConfigDict()
     d.name = ""
@@ -118,6 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
     r.jitter = (0, 32)  # roll offsets uniform in [lo, hi] (inclusive), per axis
     r.image_format = "png"  # png (lossless) | jpeg (the original code's output)
     r.jpeg_quality = 75  # PIL's default, what the original code gets
+    r.save_float = False  # also keep each last iterate as float32 <ipc>.npy (normalized space)
     r.checkpoint_every = 500
     r.batches_per_device = 1
     # Start images (SRe²L++/DWA, CV-DD, RDED): noise (SRe²L) | real_random | real_medium (the
@@ -132,44 +135,104 @@ def base_config() -> ml_collections.ConfigDict:
     # images stay float32). bf16 halves the arithmetic on TPU/GPU; on CPU it is no faster.
     r.compute_dtype = "float32"
 
+    c.student = st = ml_collections.ConfigDict()  # the student recipe: relabel and validate
+    st.arch = "resnet18"
+    st.width = 64
+    st.epochs = 300
+    st.batch_size = 1024
+    st.optimizer = "adamw"  # adamw | sgd
+    st.lr = 1e-3
+    st.momentum = 0.9
+    st.weight_decay = 0.01
+    st.schedule = "cosine_epoch"  # cosine_epoch | cosine_step
+    st.warmup_epochs = 0
+    st.temperature = 20.0
+    st.tau2_factor = False
+    st.crop_scale = (0.08, 1.0)
+    st.mix = "cutmix"  # none | cutmix | mixup
+    st.mix_alpha = 1.0
+    st.mix_prob = 1.0
+    # Online soft labels round the teacher's logits through this dtype; "float16" gives exactly
+    # what stored labels hold, so an online run can be compared with a stored-label run.
+    st.teacher_logits_dtype = "float32"
+    st.eval_every_epochs = 10
+
     c.relabel = rl = ml_collections.ConfigDict()
     rl.images = ""  # ImageFolder of synthetic images; "" = <workdir>/recover/images
-    rl.epochs = 300
-    rl.batch_size = 1024
-    rl.temperature = 20.0
     rl.top_k = 0  # store only the k largest logits per image (0 = all)
-    rl.crop_scale = (0.08, 1.0)
-    rl.mix = "cutmix"  # none | cutmix | mixup
-    rl.mix_alpha = 1.0
-    rl.mix_prob = 1.0
 
     c.validate = v = ml_collections.ConfigDict()
     v.labels = "online"  # online | stored
-    # Online mode rounds the teacher's logits through this dtype; "float16" gives exactly what
-    # stored labels hold, so an online run can be compared with a stored-label run.
-    v.teacher_logits_dtype = "float32"
-    v.student_arch = "resnet18"
-    v.student_width = 64
-    v.epochs = 300
-    v.batch_size = 1024
-    v.optimizer = "adamw"  # adamw | sgd
-    v.lr = 1e-3
-    v.momentum = 0.9
-    v.weight_decay = 0.01
-    v.schedule = "cosine_epoch"  # cosine_epoch | cosine_step
-    v.warmup_epochs = 0
-    v.tau2_factor = False
-    v.eval_every_epochs = 10
     v.seeds = (0,)
     v.baselines = ("real_soft", "real_hard", "synthetic_hard")
     v.checkpoint_every_epochs = 50
     return c
 
 
+# Keys that moved into the `student` section (read by relabel and validate alike).
+MOVED_KEYS = {
+    **{f"relabel.{k}": f"student.{k}" for k in ("epochs", "batch_size", "temperature", "crop_scale",
+                                                 "mix", "mix_alpha", "mix_prob")},
+    **{f"validate.{k}": f"student.{k}" for k in (
+        "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule",
+        "warmup_epochs", "tau2_factor", "teacher_logits_dtype", "eval_every_epochs")},
+    "validate.student_arch": "student.arch", "validate.student_width": "student.width",
+}
+# Keys that change how a stage runs, never what it produces: no stage's settings include them,
+# so changing one neither reruns a finished stage nor refuses to resume a partial one.
+EXECUTION_KEYS = frozenset({
+    "stage", "runlocal", "log_every_steps", "num_devices", "squeeze.checkpoint_every_steps",
+    "recover.ipc_start", "recover.ipc_end", "recover.class_start", "recover.class_end",
+    "recover.checkpoint_every", "recover.batches_per_device", "validate.checkpoint_every_epochs",
+})
+
+
+def moved_key_error(key: str) -> str | None:
+    """The message for a key that moved (`relabel.temperature`), or None."""
+    new = MOVED_KEYS.get(key)
+    return None if new is None else f"config key {key} moved to {new}; set --config.{new} instead"
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Refuse `--config.<moved key>=...` with the new key's name (ml_collections would only say
+    that the key does not exist)."""
+    for arg in argv:
+        if arg.startswith("--config."):
+            message = moved_key_error(arg[len("--config."):].split("=", 1)[0])
+            if message:
+                raise ValueError(message)
+
+
 def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Lock so that a misspelt `--config.x=...` override raises instead of adding a key."""
+    """Lock so that a misspelt `--config.x=...` override raises instead of adding a key.
+
+    A config file that still sets a moved key (`c.relabel.temperature = 4`) added it silently
+    before the lock; that is an error naming the new key.
+    """
+    for key in MOVED_KEYS:
+        section, name = key.split(".")
+        if name in config.get(section, {}):
+            raise ValueError(moved_key_error(key))
     config.lock()
     return config
+
+
+def hparams(cls, *sections, **fixed):
+    """A dataclass `cls` filled field by field from the first config section holding that name.
+
+    `fixed` gives fields that come from elsewhere; a field found nowhere keeps its default, and a
+    field without default that is found nowhere is an error.
+    """
+    values = dict(fixed)
+    for field in dataclasses.fields(cls):
+        if field.name in values:
+            continue
+        for section in sections:
+            if field.name in section:
+                value = section[field.name]
+                values[field.name] = tuple(value) if isinstance(value, list | tuple) else value
+                break
+    return cls(**values)
 
 
 def shrink_for_runlocal(c: ml_collections.ConfigDict) -> None:
@@ -189,10 +252,10 @@ def shrink_for_runlocal(c: ml_collections.ConfigDict) -> None:
     c.recover.batch_size = min(c.recover.batch_size, 20)
     c.recover.iterations = 20
     c.recover.checkpoint_every = 10
-    c.relabel.epochs = c.validate.epochs = 10
-    c.relabel.batch_size = c.validate.batch_size = 20
-    c.validate.student_width = 8
-    c.validate.eval_every_epochs = 5
+    c.student.epochs = 10
+    c.student.batch_size = 20
+    c.student.width = 8
+    c.student.eval_every_epochs = 5
     c.validate.seeds = (0,)
 
 
@@ -206,11 +269,10 @@ def imagenet_recipe(c: ml_collections.ConfigDict) -> None:
     c.model.arch, c.model.stem, c.model.width = "resnet18", "imagenet", 64
     c.recover.lr, c.recover.alpha_bn, c.recover.jitter = 0.25, 0.01, (0, 32)
     c.recover.iterations, c.recover.batch_size = 4000, 100
-    c.relabel.temperature, c.relabel.mix = 20.0, "cutmix"
-    c.relabel.epochs = c.validate.epochs = 300
-    c.relabel.batch_size = c.validate.batch_size = 1024
-    c.validate.optimizer, c.validate.lr, c.validate.weight_decay = "adamw", 1e-3, 0.01
-    c.validate.schedule, c.validate.tau2_factor = "cosine_epoch", False
+    st = c.student
+    st.temperature, st.mix, st.epochs, st.batch_size = 20.0, "cutmix", 300, 1024
+    st.optimizer, st.lr, st.weight_decay = "adamw", 1e-3, 0.01
+    st.schedule, st.tau2_factor = "cosine_epoch", False
 
 
 def lowres_squeeze(c: ml_collections.ConfigDict, *, lr: float, weight_decay: float, batch_size: int,

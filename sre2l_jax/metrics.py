@@ -9,7 +9,7 @@ import time
 
 import jax
 
-from sre2l_jax.checkpoint import write_text_atomic
+from sre2l_jax.stage_state import write_text_atomic
 
 
 def _fmt_seconds(s: float) -> str:

@@ -12,7 +12,6 @@ Recovery needs, for every BN layer, the mean and biased variance of that layer's
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -184,23 +183,6 @@ ARCHS: dict[str, Callable[..., ResNet]] = {
     "resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50, "resnet101": ResNet101,
     "_tiny": _ResNetTiny,
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Ensemble:
-    """Several frozen models as one teacher: the mean of their logits (G-VBSM-style soft labels).
-
-    `apply` takes a tuple of variables, one per member, so it stands in for a Linen module's
-    `apply(variables, x, train=False)` wherever a teacher is only evaluated.
-    """
-
-    members: tuple
-
-    def apply(self, variables: tuple, x: jax.Array, train: bool = False) -> jax.Array:
-        if train:
-            raise ValueError("an Ensemble teacher is frozen; it has no training mode")
-        logits = [m.apply(v, x, train=False).astype(jnp.float32) for m, v in zip(self.members, variables)]
-        return sum(logits) / len(logits)
 
 
 def create_model(arch: str, num_classes: int, width: int = 64, stem: str = "imagenet",

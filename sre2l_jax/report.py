@@ -8,7 +8,6 @@ stage's loss go down.
 from __future__ import annotations
 
 import html
-import json
 import os
 
 import jax
@@ -18,30 +17,22 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from sre2l_jax import checkpoint
+from sre2l_jax import teachers
 from sre2l_jax.data import sources
 from sre2l_jax.data.transforms import resize_image
+from sre2l_jax.formats import images as image_files
 from sre2l_jax.metrics import read_jsonl
-from sre2l_jax.models import model_from_meta
+from sre2l_jax.stage_state import read_json, write_text_atomic
 
 
-def _load(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def synthetic_arrays(workdir: str, image_dir: str | None = None):
-    """(uint8 images, labels, class names) of the recovered set, labels from the manifest."""
-    manifest = _load(os.path.join(workdir, "recover", "manifest.json"))
+def synthetic_arrays(workdir: str):
+    """(uint8 images, labels, class folders) of the set recovered in `workdir`."""
+    images_dir = os.path.join(workdir, "recover", "images")
+    manifest = image_files.read_manifest(images_dir)
     if manifest is None:
         raise FileNotFoundError(f"no recover/manifest.json in {workdir}; run the recover stage first")
-    root = image_dir or os.path.join(workdir, "recover", "images")
-    src = sources.ImageFolderSource(root, "", class_names=manifest["class_folders"],
-                                    channels=manifest["config"]["data"]["channels"])
-    images, labels = sources.load_arrays(src)
-    return images, labels, manifest["class_folders"]
+    return image_files.read_set(images_dir, manifest["class_folders"],
+                                manifest["config"]["data"]["channels"])
 
 
 def image_grid(images: np.ndarray, labels: np.ndarray, names: list[str], path: str,
@@ -77,9 +68,8 @@ def tsne_plot(config, workdir: str, images, labels, names, path: str, real_per_c
     """t-SNE of the teacher's penultimate features: real test images (dots) vs synthetic (stars)."""
     from sklearn.manifold import TSNE
 
-    teacher = config.recover.teacher or os.path.join(workdir, "squeeze", "model")
-    variables, meta = checkpoint.load_for_data(teacher, config.data, "teacher")
-    model = model_from_meta(meta)
+    model = teachers.load(config, workdir)
+    meta = model.meta
     real_src = sources.build_source(config.data, config.data.eval_split)
     all_labels = sources.source_labels(real_src)
     rng = np.random.default_rng(0)
@@ -90,7 +80,8 @@ def tsne_plot(config, workdir: str, images, labels, names, path: str, real_per_c
     real_x = np.stack([r["image"] if r["image"].shape[0] == size else resize_image(r["image"], (size, size))
                        for r in real])
     real_y = np.asarray([r["label"] for r in real])
-    feats = _features(model, variables, np.concatenate([real_x, images]), meta["mean"], meta["std"])
+    feats = _features(model.models[0], model.variables[0], np.concatenate([real_x, images]),
+                      meta["mean"], meta["std"])
     emb = TSNE(n_components=2, init="pca", random_state=0,
                perplexity=min(30, max(5, len(feats) // 10))).fit_transform(feats)
     n_real = len(real_x)
@@ -135,13 +126,13 @@ def loss_curves(workdir: str, path: str) -> None:
 def results_rows(workdir: str) -> list[tuple[str, str]]:
     """(what, top-1) rows from the stage summaries that exist."""
     rows = []
-    squeeze = _load(os.path.join(workdir, "squeeze", "summary.json"))
+    squeeze = read_json(os.path.join(workdir, "squeeze", "summary.json"))
     if squeeze and squeeze.get("top1") is not None:
         rows.append(("teacher (squeezed model), real test set", f"{squeeze['top1']:.2f}"))
-    recover = _load(os.path.join(workdir, "recover", "manifest.json"))
+    recover = read_json(os.path.join(workdir, "recover", "manifest.json"))
     if recover:
         rows.append(("teacher on its recovered images", f"{recover['summary']['teacher_accuracy']:.1f}"))
-    val = _load(os.path.join(workdir, "validate", "summary.json"))
+    val = read_json(os.path.join(workdir, "validate", "summary.json"))
     if val:
         std = val.get("top1_std")
         rows.append((f"SRe²L student ({val.get('student')}, IPC {val.get('ipc')}, soft labels)",
@@ -161,8 +152,8 @@ def results_table(workdir: str) -> str:
 
 
 def _variants_section(workdir: str) -> str:
-    """The table of `python -m sre2l_jax.variants` (same teacher, same student recipe), if it ran."""
-    results = _load(os.path.join(workdir, "variants", "results.json"))
+    """The table of `python -m sre2l_jax.experiments.variants` (same teacher, same student recipe), if it ran."""
+    results = read_json(os.path.join(workdir, "variants", "results.json"))
     if not results:
         return ""
     rows = "".join(
@@ -198,5 +189,5 @@ td,th{{padding:4px 12px;border-bottom:1px solid #ddd}}</style></head><body>
 {_variants_section(workdir)}
 </body></html>"""
     path = os.path.join(out, "index.html")
-    checkpoint.write_text_atomic(path, page)
+    write_text_atomic(path, page)
     return path

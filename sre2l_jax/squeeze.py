@@ -9,26 +9,21 @@ from __future__ import annotations
 import functools
 import os
 import time
-from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 from absl import logging
 
-from sre2l_jax import checkpoint, evaluate, optim, parallel
+from sre2l_jax import checkpoint, evaluate, optim, parallel, stage_state
 from sre2l_jax.data import pipeline, sources
 from sre2l_jax.metrics import MetricsLog
 from sre2l_jax.models import create_model, init_variables
+from sre2l_jax.train_state import TrainState
 
 
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
+def settings(config) -> dict:
+    return stage_state.settings(config, "data", "model", "squeeze")
 
 
 def model_meta(config, source, top1: float | None, origin: str) -> dict:
@@ -70,40 +65,59 @@ def _import_weights(config, workdir: str) -> dict:
     return meta
 
 
-def train_and_evaluate(config, workdir: str, num_devices: int = 0) -> dict:
+def run(config, workdir: str) -> dict:
     """Train (or import) the squeeze model; writes `workdir/squeeze/{model,summary.json}`."""
     stage_dir = os.path.join(workdir, "squeeze")
-    os.makedirs(stage_dir, exist_ok=True)
+    stage_state.Claim(stage_dir, settings(config), "a squeeze run").take()
     if config.squeeze.torchvision_weights:
         meta = _import_weights(config, workdir)
         summary = {"top1": meta.get("top1"), "imported": config.squeeze.torchvision_weights}
-        checkpoint.write_json_atomic(os.path.join(stage_dir, "summary.json"), summary)
-        return summary
+    else:
+        summary = _train(config, stage_dir)
+    if jax.process_index() == 0:
+        stage_state.write_json_atomic(os.path.join(stage_dir, "summary.json"), summary)
+    return summary
 
-    sc, dc = config.squeeze, config.data
-    mesh = parallel.make_mesh(num_devices)
-    train_src = sources.build_source(dc, dc.train_split)
-    eval_src = sources.build_source(dc, dc.eval_split)
-    steps_per_epoch = pipeline.steps_per_epoch(len(train_src), sc.batch_size)
-    total_steps = sc.max_steps or sc.epochs * steps_per_epoch
-    model = create_model(config.model.arch, dc.num_classes, config.model.width, config.model.stem,
-                         jnp.dtype(config.model.dtype))
-    schedule = optim.cosine_with_warmup(sc.lr, sc.epochs, steps_per_epoch, sc.warmup_epochs,
-                                        per_epoch=sc.schedule == "cosine_epoch")
-    tx = optim.make_optimizer(sc.optimizer, schedule, momentum=sc.momentum,
-                              weight_decay=sc.weight_decay)
 
-    def init_state():
-        variables = init_variables(model, jax.random.key(config.seed),
-                                   (dc.image_size, dc.image_size, dc.channels))
+class _Trainer:
+    """The squeeze run's model, optimizer, data and jitted step on the mesh."""
+
+    def __init__(self, config):
+        sc, dc = config.squeeze, config.data
+        self.config, self.sc, self.dc = config, sc, dc
+        self.mesh = parallel.make_mesh(config.num_devices)
+        self.train_src = sources.build_source(dc, dc.train_split)
+        self.eval_src = sources.build_source(dc, dc.eval_split)
+        self.steps_per_epoch = pipeline.steps_per_epoch(len(self.train_src), sc.batch_size)
+        self.total_steps = sc.max_steps or sc.epochs * self.steps_per_epoch
+        self.model = create_model(config.model.arch, dc.num_classes, config.model.width,
+                                  config.model.stem, jnp.dtype(config.model.dtype))
+        self.schedule = optim.cosine_with_warmup(sc.lr, sc.epochs, self.steps_per_epoch,
+                                                 sc.warmup_epochs, per_epoch=sc.schedule == "cosine_epoch")
+        self.tx = optim.make_optimizer(sc.optimizer, self.schedule, momentum=sc.momentum,
+                                       weight_decay=sc.weight_decay)
+        repl = parallel.replicated(self.mesh)
+        self.state_sharding = jax.tree.map(lambda _: repl, jax.eval_shape(self.init_state))
+        self.step_fn = jax.jit(functools.partial(train_step, model=self.model, tx=self.tx,
+                                                 label_smoothing=sc.label_smoothing),
+                               in_shardings=(self.state_sharding, parallel.batch_sharding(self.mesh)),
+                               out_shardings=(self.state_sharding, repl), donate_argnums=(0,))
+
+    def init_state(self) -> TrainState:
+        variables = init_variables(self.model, jax.random.key(self.config.seed),
+                                   (self.dc.image_size, self.dc.image_size, self.dc.channels))
         return TrainState(jnp.zeros((), jnp.int32), variables["params"],
-                          variables["batch_stats"], tx.init(variables["params"]))
+                          variables["batch_stats"], self.tx.init(variables["params"]))
 
-    repl = parallel.replicated(mesh)
-    state_sharding = jax.tree.map(lambda _: repl, jax.eval_shape(init_state))
-    state = jax.jit(init_state, out_shardings=state_sharding)()
-    data_iter = pipeline.train_iterator(dc, train_src, sc.batch_size, config.seed)
+    def evaluate(self, state: TrainState) -> dict:
+        return evaluate.evaluate(self.model, state.variables, self.dc, self.eval_src, self.mesh)
 
+
+def _train(config, stage_dir: str) -> dict:
+    sc = config.squeeze
+    tr = _Trainer(config)
+    state = jax.jit(tr.init_state, out_shardings=tr.state_sharding)()
+    data_iter = pipeline.train_iterator(tr.dc, tr.train_src, sc.batch_size, config.seed)
     mngr = checkpoint.manager(os.path.join(stage_dir, "checkpoints"))
     restored = checkpoint.restore_state(mngr, state)
     if restored is not None:
@@ -111,43 +125,27 @@ def train_and_evaluate(config, workdir: str, num_devices: int = 0) -> dict:
         data_iter.set_state(extra["data_iterator"])
         logging.info("squeeze: resumed from step %d", start)
         print(f"squeeze: resumed from step {start}", flush=True)
-
-    step_fn = jax.jit(functools.partial(train_step, model=model, tx=tx,
-                                        label_smoothing=sc.label_smoothing),
-                      in_shardings=(state_sharding, parallel.batch_sharding(mesh)),
-                      out_shardings=(state_sharding, repl), donate_argnums=(0,))
-    log = MetricsLog(stage_dir, total_steps=total_steps, stage="squeeze")
+    log = MetricsLog(stage_dir, total_steps=tr.total_steps, stage="squeeze")
     log.rewind(int(state.step))
-    eval_every = max(1, sc.eval_every_epochs) * steps_per_epoch
-    step = int(state.step)
-    history = []
-    t_start = time.time()
-    while step < total_steps:
-        batch = parallel.global_batch(mesh, next(data_iter))
-        state, metrics = step_fn(state, batch)
+    eval_every = max(1, sc.eval_every_epochs) * tr.steps_per_epoch
+    step, history, t_start = int(state.step), [], time.time()
+    while step < tr.total_steps:
+        state, metrics = tr.step_fn(state, parallel.global_batch(tr.mesh, next(data_iter)))
         step += 1
-        if step % config.log_every_steps == 0 or step == total_steps:
-            log.write(step, **parallel.to_host(metrics), lr=float(schedule(step - 1)),
-                      epoch=step / steps_per_epoch)
-        if step % eval_every == 0 or step == total_steps:
-            result = evaluate.evaluate(model, _variables(state), dc, eval_src, mesh)
+        if step % config.log_every_steps == 0 or step == tr.total_steps:
+            log.write(step, **parallel.to_host(metrics), lr=float(tr.schedule(step - 1)),
+                      epoch=step / tr.steps_per_epoch)
+        if step % eval_every == 0 or step == tr.total_steps:
+            result = tr.evaluate(state)
             history.append({"step": step, **result})
             log.write(step, eval_top1=result["top1"], eval_top5=result["top5"])
-        if step % sc.checkpoint_every_steps == 0 or step == total_steps:
+        if step % sc.checkpoint_every_steps == 0 or step == tr.total_steps:
             checkpoint.save_state(mngr, step, state, {"data_iterator": data_iter.get_state()},
                                   force=True)
     mngr.wait_until_finished()
-
-    final = history[-1] if history else evaluate.evaluate(model, _variables(state), dc, eval_src, mesh)
-    checkpoint.save_model(os.path.join(stage_dir, "model"), parallel.to_host(_variables(state)),
-                          model_meta(config, train_src, final["top1"], "squeeze"))
-    summary = {"top1": final["top1"], "top5": final["top5"], "steps": total_steps,
-               "epochs": total_steps / steps_per_epoch, "seconds_this_run": time.time() - t_start,
-               "history": history}
-    if jax.process_index() == 0:
-        checkpoint.write_json_atomic(os.path.join(stage_dir, "summary.json"), summary)
-    return summary
-
-
-def _variables(state: TrainState) -> dict:
-    return {"params": state.params, "batch_stats": state.batch_stats}
+    final = history[-1] if history else tr.evaluate(state)
+    checkpoint.save_model(os.path.join(stage_dir, "model"), parallel.to_host(state.variables),
+                          model_meta(config, tr.train_src, final["top1"], "squeeze"))
+    return {"top1": final["top1"], "top5": final["top5"], "steps": tr.total_steps,
+            "epochs": tr.total_steps / tr.steps_per_epoch, "seconds_this_run": time.time() - t_start,
+            "history": history}

@@ -2,21 +2,21 @@
 
 Entries: `sre2l` (the synthetic images, soft labels — online from the frozen teacher inside the
 step, or replayed from `relabel`'s stored labels) and the baselines of `validate.baselines` with the
-identical recipe: `real_soft` (a random real subset of the train split with the same images per
-class, drawn from the seed, soft labels), `real_hard` (that subset, cross-entropy with labels mixed
-by λ) and `synthetic_hard` (the synthetic images, hard labels). Every entry runs for every seed of
-`validate.seeds`; `W/validate/summary.json` reports mean ± std (sample std, 0 for one seed).
+identical recipe (`student.*`): `real_soft` (a random real subset of the train split with the same
+images per class, drawn from the seed, soft labels), `real_hard` (that subset, cross-entropy with
+labels mixed by λ) and `synthetic_hard` (the synthetic images, hard labels). Every entry runs for
+every seed of `validate.seeds`; `W/validate/summary.json` reports mean ± std (sample std, 0 for one
+seed).
 
-Each run lives in `W/validate/runs/<entry>_seed<s>/`: Orbax checkpoints every
-`validate.checkpoint_every_epochs` (a killed run resumes to the same result), then `model/` and
-`result.json`; finished runs are skipped on restart. The synthetic set and the real subset are
+Each run lives in `W/validate/runs/<entry>_seed<s>/`, claimed with its settings: Orbax checkpoints
+every `validate.checkpoint_every_epochs` (a killed run resumes to the same result), then `model/`
+and `result.json`; finished runs are skipped on restart. The synthetic set and the real subset are
 tiny, so they stay in device memory as uint8 and every epoch is a permutation of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -25,17 +25,25 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from sre2l_jax import checkpoint, evaluate, optim, parallel, relabel, student
+from sre2l_jax import checkpoint, evaluate, optim, parallel, stage_state, teachers
 from sre2l_jax.data import sources
 from sre2l_jax.data.transforms import EvalResize
+from sre2l_jax.formats import images as image_files
+from sre2l_jax.formats.labels import StoredLabels
 from sre2l_jax.metrics import MetricsLog
 from sre2l_jax.models import create_model
-from sre2l_jax.squeeze import TrainState
+from sre2l_jax.student import plans
+from sre2l_jax.student.steps import Recipe, Steps
+from sre2l_jax.train_state import TrainState
 
 SRE2L = "sre2l"
 BASELINES = ("real_soft", "real_hard", "synthetic_hard")
 LABEL_MODES = ("online", "stored")
 _SUBSET_TAG = 0x5EA1  # keeps the real-subset draw apart from other uses of the seed
+
+
+def settings(config) -> dict:
+    return stage_state.settings(config, "data", "student", "validate")
 
 
 @dataclasses.dataclass
@@ -45,7 +53,7 @@ class Run:
     images: np.ndarray  # uint8 [N,H,W,C]
     labels: np.ndarray  # int32 [N]
     soft: bool
-    stored: relabel.StoredLabels | None = None
+    stored: StoredLabels | None = None
 
 
 def real_subset(train_source, counts: np.ndarray, seed: int, image_size: int):
@@ -74,100 +82,100 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-class _Trainer:
+class _Students:
     """One validate call's shared pieces: the recipe's compiled steps, teacher, eval split, log."""
 
-    def __init__(self, config, workdir: str, num_devices: int, teacher, teacher_vars, teacher_meta,
-                 num_images: int, fixed: dict):
-        v, d = config.validate, config.data
-        self.config, self.v, self.fixed = config, v, fixed
+    def __init__(self, config, workdir: str, model: teachers.Teachers, num_images: int):
+        st, d = config.student, config.data
+        self.config, self.st, self.teachers_hash = config, st, model.fingerprint()
         self.stage_dir = os.path.join(workdir, "validate")
-        self.mesh = parallel.make_mesh(num_devices)
-        self.bounds = student.batch_bounds(num_images, v.batch_size)
+        self.mesh = parallel.make_mesh(config.num_devices)
+        self.spec = plans.AugSpec.from_config(config)
+        self.bounds = plans.batch_bounds(num_images, st.batch_size)
         self.num_images = num_images
-        self.model = create_model(v.student_arch, d.num_classes, v.student_width, teacher_meta["stem"])
-        self.schedule = optim.cosine_with_warmup(v.lr, v.epochs, len(self.bounds), v.warmup_epochs,
-                                                 per_epoch=v.schedule == "cosine_epoch")
-        tx = optim.make_optimizer(v.optimizer, self.schedule, momentum=v.momentum,
-                                  weight_decay=v.weight_decay)
-        recipe = student.Recipe(self.model, teacher, tx, student.AugSpec.from_config(config),
-                                float(config.relabel.temperature), bool(v.tau2_factor),
-                                str(v.teacher_logits_dtype))
-        shape = (1, d.image_size, d.image_size, d.channels)
-
-        def init_state(key):
-            variables = self.model.init(key, jnp.zeros(shape, jnp.float32), train=False)
-            params = variables["params"]
-            return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], tx.init(params))
-
+        self.model = create_model(st.arch, d.num_classes, st.width, model.meta["stem"])
+        self.schedule = optim.cosine_with_warmup(st.lr, st.epochs, len(self.bounds), st.warmup_epochs,
+                                                 per_epoch=st.schedule == "cosine_epoch")
+        self.tx = optim.make_optimizer(st.optimizer, self.schedule, momentum=st.momentum,
+                                       weight_decay=st.weight_decay)
+        recipe = Recipe(self.model, model.ensemble, self.tx, self.spec, float(st.temperature),
+                        bool(st.tau2_factor), str(st.teacher_logits_dtype))
         repl = parallel.replicated(self.mesh)
-        self.state_sharding = jax.tree.map(lambda _: repl, jax.eval_shape(init_state, student.init_key(0)))
+        self.state_sharding = jax.tree.map(lambda _: repl, jax.eval_shape(self._init_state,
+                                                                           plans.init_key(0)))
         # Initialised on one device, then replicated from the host: one executable for any mesh
         # (and any number of hosts, which all compute the same values from the seed).
-        init = jax.jit(init_state)
+        init = jax.jit(self._init_state)
         self.init = lambda key: parallel.replicate(self.mesh, jax.device_get(init(key)))
-        self.steps = student.Steps(recipe, self.mesh, self.state_sharding)
-        self.teacher_vars = parallel.replicate(self.mesh, teacher_vars)
+        self.steps = Steps(recipe, self.mesh, self.state_sharding)
+        self.teacher_vars = parallel.replicate(self.mesh, model.variables)
         self.eval_source = sources.build_source(d, d.eval_split)
-        self.meta = {"arch": v.student_arch, "width": v.student_width, "stem": teacher_meta["stem"],
+        self.meta = {"arch": st.arch, "width": st.width, "stem": model.meta["stem"],
                      "num_classes": d.num_classes, "channels": d.channels, "image_size": d.image_size,
                      "mean": list(d.mean), "std": list(d.std),
-                     "class_names": list(teacher_meta.get("class_names") or []), "data": d.name}
+                     "class_names": list(model.meta.get("class_names") or []), "data": d.name}
         self.log: MetricsLog | None = None
+
+    def _init_state(self, key) -> TrainState:
+        d = self.config.data
+        variables = self.model.init(key, jnp.zeros((1, d.image_size, d.image_size, d.channels),
+                                                   jnp.float32), train=False)
+        params = variables["params"]
+        return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], self.tx.init(params))
 
     def evaluate(self, model, variables) -> dict:
         return evaluate.evaluate(model, variables, self.config.data, self.eval_source, self.mesh)
 
-    def fingerprint(self, run: Run) -> str:
-        # Only what changes this run's numbers: a new seed list or baseline set keeps finished runs.
-        ignore = {"seeds", "baselines", "checkpoint_every_epochs", "labels"}
-        if not run.soft or run.stored:
-            ignore.add("teacher_logits_dtype")
-        v = {k: val for k, val in self.v.to_dict().items() if k not in ignore}
-        rl = {k: self.config.relabel[k] for k in ("temperature", "crop_scale", "mix", "mix_alpha",
-                                                   "mix_prob")}
-        text = json.dumps({"validate": v, "relabel": rl, "data": self.config.data.to_dict(),
-                           "entry": run.entry, "seed": run.seed, "soft": run.soft,
-                           "stored": run.stored.meta["settings"] if run.stored else None,
-                           "images": student.fingerprint(run.images, run.labels), **self.fixed},
-                          sort_keys=True, default=str)
-        return student.fingerprint(np.frombuffer(text.encode(), np.uint8))
+    def claim(self, run: Run, run_dir: str) -> stage_state.Claim:
+        """A run's settings: the student recipe, which run it is, and its inputs' contents."""
+        identity = {"entry": run.entry, "seed": run.seed, "soft": run.soft,
+                    "labels": run.stored.identity if run.stored else None}
+        inputs = {"images": stage_state.content_hash(run.images, run.labels),
+                  "teachers": self.teachers_hash}
+        return stage_state.Claim(run_dir, {**stage_state.settings(self.config, "data", "student"),
+                                           "run": identity, "inputs": inputs}, "a student run")
 
     def train(self, run: Run, step_offset: int) -> dict:
         """Train (or resume, or skip if finished) one student; returns its result."""
-        v, epochs = self.v, self.v.epochs
         run_dir = os.path.join(self.stage_dir, "runs", run_name(run.entry, run.seed, bool(run.stored)))
         result_path = os.path.join(run_dir, "result.json")
-        fp = self.fingerprint(run)
+        self.claim(run, run_dir).take()
         if os.path.exists(result_path):
-            with open(result_path) as f:
-                result = json.load(f)
-            if result["fingerprint"] == fp:
-                return result
-            raise ValueError(f"{run_dir} holds a run with other settings; delete it (or "
-                             f"{self.stage_dir}) or use a new workdir")
+            return stage_state.read_json(result_path)
         if len(run.images) != self.num_images:
             raise ValueError(f"{run.entry}: {len(run.images)} images, the recipe was built for "
                              f"{self.num_images}")
-        state = self.init(student.init_key(run.seed))
+        state = self.init(plans.init_key(run.seed))
         mngr = checkpoint.manager(os.path.join(run_dir, "checkpoints"), max_to_keep=1)
         start, history = 0, []
         restored = checkpoint.restore_state(mngr, state)
         if restored is not None:
             _, state, extra = restored
-            if extra["fingerprint"] != fp:
-                raise ValueError(f"{run_dir}/checkpoints belong to a run with other settings; "
-                                 "delete them or use a new workdir")
             start, history = extra["epoch"], extra["history"]
             print(f"validate: resumed {run.entry} seed {run.seed} at epoch {start}", flush=True)
+        state = self._epochs(run, state, start, history, mngr, step_offset)
+        mngr.wait_until_finished()
+        mngr.close()
+        final = history[-1]
+        checkpoint.save_model(os.path.join(run_dir, "model"), parallel.to_host(state.variables),
+                              {**self.meta, "top1": final["top1"], "source": f"validate:{run.entry}"})
+        result = {"entry": run.entry, "seed": run.seed, "top1": float(final["top1"]),
+                  "top5": float(final["top5"]), "history": history}
+        if jax.process_index() == 0:
+            stage_state.write_json_atomic(result_path, result)
+        return result
+
+    def _epochs(self, run: Run, state: TrainState, start: int, history: list, mngr,
+                step_offset: int) -> TrainState:
+        """Epochs start.. of one run; appends evaluations to `history`, checkpoints on the way."""
+        st, epochs = self.st, self.st.epochs
         images = parallel.replicate(self.mesh, run.images)
         labels = parallel.replicate(self.mesh, run.labels)
-        eval_every = v.eval_every_epochs or epochs
-        step = start * len(self.bounds)
-        metrics = None
+        eval_every = st.eval_every_epochs or epochs
+        step, metrics = start * len(self.bounds), None
         for epoch in range(start, epochs):
             stored = run.stored.epoch(epoch) if run.stored else None
-            order = None if stored else student.epoch_order(run.seed, epoch, len(run.images))
+            order = None if stored else plans.epoch_order(run.seed, epoch, len(run.images))
             for b, (s, e) in enumerate(self.bounds):
                 if stored is not None:
                     idx, plan, targets = stored[b]
@@ -183,27 +191,16 @@ class _Trainer:
                 if step % self.config.log_every_steps == 0:
                     self._log(step_offset + step, run, metrics, step, epoch)
             if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
-                result = self.evaluate(self.model, _variables(state))
+                result = self.evaluate(self.model, state.variables)
                 history.append({"epoch": epoch + 1, "top1": float(result["top1"]),
                                 "top5": float(result["top5"])})
                 self._log(step_offset + step, run, metrics, step, epoch, eval_top1=result["top1"],
                           eval_top5=result["top5"])
-            if v.checkpoint_every_epochs and (epoch + 1) % v.checkpoint_every_epochs == 0 \
-                    and epoch + 1 < epochs:
-                checkpoint.save_state(mngr, epoch + 1, state,
-                                      {"epoch": epoch + 1, "history": history, "fingerprint": fp},
+            every = self.config.validate.checkpoint_every_epochs
+            if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
+                checkpoint.save_state(mngr, epoch + 1, state, {"epoch": epoch + 1, "history": history},
                                       force=True)
-        mngr.wait_until_finished()
-        mngr.close()
-        final = history[-1]
-        checkpoint.save_model(os.path.join(run_dir, "model"), parallel.to_host(_variables(state)),
-                              {**self.meta, "top1": final["top1"], "source": f"validate:{run.entry}"})
-        result = {"entry": run.entry, "seed": run.seed, "top1": float(final["top1"]),
-                  "top5": float(final["top5"]),
-                  "history": history, "fingerprint": fp}
-        if jax.process_index() == 0:
-            checkpoint.write_json_atomic(result_path, result)
-        return result
+        return state
 
     def _log(self, global_step, run, metrics, step, epoch, **extra) -> None:
         values = {"loss": parallel.to_host(metrics)["loss"]} if metrics is not None else {}
@@ -211,13 +208,7 @@ class _Trainer:
                        lr=float(self.schedule(max(step - 1, 0))), epoch=epoch + 1)
 
 
-def _variables(state: TrainState) -> dict:
-    return {"params": state.params, "batch_stats": state.batch_stats}
-
-
-def validate(config, workdir: str, num_devices: int = 0) -> dict:
-    """Train and evaluate every (entry, seed); writes `W/validate/summary.json` and returns it."""
-    v = config.validate
+def _check(v) -> None:
     if v.labels not in LABEL_MODES:
         raise ValueError(f"validate.labels must be one of {LABEL_MODES}, got {v.labels!r}")
     unknown = [b for b in v.baselines if b not in BASELINES]
@@ -225,19 +216,12 @@ def validate(config, workdir: str, num_devices: int = 0) -> dict:
         raise ValueError(f"unknown validate.baselines {unknown}; known: {BASELINES}")
     if not v.seeds:
         raise ValueError("validate.seeds is empty")
-    teacher, teacher_vars, teacher_meta, teacher_path = student.load_teacher(config, workdir)
-    images, labels = student.load_synthetic(config, workdir, teacher_meta)
-    counts = np.bincount(labels, minlength=config.data.num_classes)
-    stored = None
-    if v.labels == "stored":
-        expected = relabel.label_settings(config, images, labels, teacher_vars)
-        expected["batch_size"] = v.batch_size
-        stored = relabel.StoredLabels(os.path.join(workdir, "relabel"), expected, v.epochs)
-    trainer = _Trainer(config, workdir, num_devices, teacher, teacher_vars, teacher_meta,
-                       len(images), {"teacher": student.fingerprint(teacher_vars)})
-    t0 = time.time()
-    teacher_eval = trainer.evaluate(teacher, teacher_vars)
 
+
+def _runs(config, images: np.ndarray, labels: np.ndarray, stored: StoredLabels | None) -> list[Run]:
+    """Every (entry, seed) of the stage, baselines after the SRe²L run of each seed."""
+    v = config.validate
+    counts = np.bincount(labels, minlength=config.data.num_classes)
     train_source = None
     runs: list[Run] = []
     for seed in v.seeds:
@@ -250,17 +234,35 @@ def validate(config, workdir: str, num_devices: int = 0) -> dict:
                 train_source = sources.build_source(config.data, config.data.train_split)
             real_images, real_labels = real_subset(train_source, counts, seed, config.data.image_size)
             runs.append(Run(name, seed, real_images, real_labels, soft=name == "real_soft"))
-    steps_per_run = v.epochs * len(trainer.bounds)
-    trainer.log = MetricsLog(trainer.stage_dir, total_steps=len(runs) * steps_per_run,
-                             stage="validate")
-    results: dict[str, list[dict]] = {}
-    for i, run in enumerate(runs):
-        results.setdefault(run.entry, []).append(trainer.train(run, i * steps_per_run))
+    return runs
 
-    summary = _summary(config, results, counts, teacher_eval, teacher_path)
+
+def run(config, workdir: str) -> dict:
+    """Train and evaluate every (entry, seed); writes `W/validate/summary.json` and returns it."""
+    v = config.validate
+    _check(v)
+    model = teachers.load(config, workdir)
+    images, labels = image_files.load_synthetic(config, workdir, model.meta)
+    stored = None
+    if v.labels == "stored":
+        stored = StoredLabels(os.path.join(workdir, "relabel"), plans.AugSpec.from_config(config),
+                              stage_state.content_hash(images, labels), model.fingerprint())
+    students = _Students(config, workdir, model, len(images))
+    t0 = time.time()
+    teacher_eval = students.evaluate(model.ensemble, model.variables)
+    runs = _runs(config, images, labels, stored)
+    steps_per_run = config.student.epochs * len(students.bounds)
+    students.log = MetricsLog(students.stage_dir, total_steps=len(runs) * steps_per_run,
+                              stage="validate")
+    results: dict[str, list[dict]] = {}
+    for i, one in enumerate(runs):
+        results.setdefault(one.entry, []).append(students.train(one, i * steps_per_run))
+
+    counts = np.bincount(labels, minlength=config.data.num_classes)
+    summary = _summary(config, results, counts, teacher_eval, model.paths[0])
     summary["seconds_this_run"] = time.time() - t0
     if jax.process_index() == 0:
-        checkpoint.write_json_atomic(os.path.join(trainer.stage_dir, "summary.json"), summary)
+        stage_state.write_json_atomic(os.path.join(students.stage_dir, "summary.json"), summary)
     line = " | ".join(f"{name} {s['top1']:.2f} ± {s['top1_std']:.2f}" for name, s in
                       [(SRE2L, summary)] + [(b, summary[b]) for b in v.baselines])
     print(f"validate: top-1 (%) {line} | teacher {teacher_eval['top1']:.2f}", flush=True)
@@ -276,11 +278,11 @@ def _entry_summary(results: list[dict]) -> dict:
 
 
 def _summary(config, results: dict, counts: np.ndarray, teacher_eval: dict, teacher_path: str) -> dict:
-    v = config.validate
+    v, st = config.validate, config.student
     ipc = int(counts[0]) if np.all(counts == counts[0]) else counts.tolist()
     summary = {**_entry_summary(results[SRE2L]), "ipc": ipc, "num_images": int(counts.sum()),
-               "student": v.student_arch, "student_width": v.student_width, "labels": v.labels,
-               "epochs": v.epochs, "seeds": list(v.seeds), "teacher": os.path.abspath(teacher_path),
+               "student": st.arch, "student_width": st.width, "labels": v.labels,
+               "epochs": st.epochs, "seeds": list(v.seeds), "teacher": teacher_path,
                "teacher_top1": float(teacher_eval["top1"]),
                "teacher_top5": float(teacher_eval["top5"]),
                "baselines": list(v.baselines)}

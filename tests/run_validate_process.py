@@ -16,7 +16,7 @@ def main():
     spec = importlib.util.spec_from_file_location("validate_process_config", config_file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    summary = validate.validate(module.get_config(sys.argv[4]), workdir)
+    summary = validate.run(module.get_config(sys.argv[4]), workdir)
     with open(f"{workdir}/summary_{jax.process_index()}.json", "w") as f:
         json.dump({"summary": summary, "devices": jax.device_count(),
                    "local_devices": jax.local_device_count()}, f, default=str)

@@ -4,9 +4,10 @@ import json
 import os
 
 import pytest
-from test_foundation import FASHION, load_config
+from helpers import FASHION, load_config
 
-from sre2l_jax import run_all
+from sre2l_jax import stages
+from sre2l_jax.stage_state import DONE
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(FASHION), reason="dataset-fashion-mnist not installed")
 
@@ -17,9 +18,9 @@ def test_all_writes_report_and_second_run_skips_finished_stages(tmp_path, capsys
     c.data.max_train_examples, c.data.max_eval_examples = 256, 200
     c.validate.baselines = ("real_soft",)
     workdir = str(tmp_path)
-    first = run_all.run_all(c, workdir)
+    first = stages.run_all(c, workdir)
     out = capsys.readouterr().out
-    assert set(first) == set(run_all.PIPELINE)
+    assert set(first) == set(stages.PIPELINE)
     assert "SRe²L student" in out and "baseline real_soft" in out
     report = os.path.join(workdir, "report")
     for name in ("grid.png", "tsne.png", "curves.png"):
@@ -29,18 +30,17 @@ def test_all_writes_report_and_second_run_skips_finished_stages(tmp_path, capsys
     summary = json.load(open(os.path.join(workdir, "validate", "summary.json")))
     assert 0 <= summary["top1"] <= 100 and summary["ipc"] == c.recover.ipc
 
-    stamps = {s: os.path.getmtime(os.path.join(workdir, s, run_all.DONE)) for s in run_all.PIPELINE}
+    stamps = {s: os.path.getmtime(os.path.join(workdir, s, DONE)) for s in stages.PIPELINE}
     model_stamp = os.path.getmtime(os.path.join(workdir, "squeeze", "model", "model.json"))
-    run_all.run_all(c, workdir)
+    stages.run_all(c, workdir)
     out = capsys.readouterr().out
     assert out.count("finished earlier with the same settings, skipped") == 4
-    assert {s: os.path.getmtime(os.path.join(workdir, s, run_all.DONE)) for s in run_all.PIPELINE} == stamps
+    assert {s: os.path.getmtime(os.path.join(workdir, s, DONE)) for s in stages.PIPELINE} == stamps
     assert os.path.getmtime(os.path.join(workdir, "squeeze", "model", "model.json")) == model_stamp
 
-    # A changed validate setting redoes validate only.
-    c.validate.epochs = c.relabel.epochs = 10
-    c.validate.lr = 2e-3
-    run_all.run_all(c, workdir)
+    # A changed optimizer setting of the student redoes validate only (stored labels keep).
+    c.student.lr = 2e-3
+    stages.run_all(c, workdir)
     out = capsys.readouterr().out
     assert out.count("skipped") == 3 and "[all] validate: running" in out
     assert os.path.exists(os.path.join(workdir, "validate.superseded1", "summary.json"))

@@ -5,9 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import randomized_teacher
+from helpers import assert_same_images, randomized_teacher, read_floats, recover_floats, tiny_config
 
-from sre2l_jax import conv, models, recover_core
+from sre2l_jax import conv, models, recover
+from sre2l_jax.recover import objective
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -92,15 +93,15 @@ def test_winograd_mode_is_off_for_canonical_and_unknown_modes(monkeypatch):
 def test_recovery_with_winograd_matches_the_direct_convolution(monkeypatch, winograd_everywhere):
     """Same loss and nearly the same images after 5 iterations; `canonical` is what it replaces."""
     model, variables = randomized_teacher()
-    hp = recover_core.RecoverHParams(iterations=5, lr=0.1, image_size=12, mean=(0.5,), std=(0.25,))
+    hp = objective.RecoverHParams(iterations=5, lr=0.1, image_size=12, mean=(0.5,), std=(0.25,))
     x = jax.random.normal(jax.random.key(3), (4, 12, 12, 1))
     labels = jnp.arange(4)
 
     def run(mode):
         monkeypatch.setenv("SRE2L_CONV", mode)
-        return recover_core.run_iterations(x, recover_core.optimizer(hp).init(x), labels,
-                                           jax.random.key(4), 0, 5, model=model,
-                                           variables=variables, hp=hp)
+        return objective.run_iterations(x, objective.optimizer(hp).init(x), labels,
+                                        jax.random.key(4), 0, 5, models=(model,),
+                                        variables=(variables,), hp=hp)
 
     (wx, _, wm), (cx, _, cm) = run("winograd"), run("canonical")
     assert not np.array_equal(wx, cx)  # the Winograd path did run
@@ -110,28 +111,22 @@ def test_recovery_with_winograd_matches_the_direct_convolution(monkeypatch, wino
 
 def test_winograd_recovery_does_not_depend_on_device_count(tmp_path, tiny_teacher, winograd_everywhere,
                                                            monkeypatch):
-    from test_recover import _assert_same, _run
-
-    ref = _run(tmp_path, "d1", 1, tiny_teacher[2])
-    _assert_same(ref, _run(tmp_path, "d2", 2, tiny_teacher[2]))
+    ref = recover_floats(tmp_path / "d1", 1, tiny_teacher[2])
+    assert_same_images(ref, recover_floats(tmp_path / "d2", 2, tiny_teacher[2]))
     monkeypatch.setenv("SRE2L_CONV", "canonical")
-    canonical = _run(tmp_path, "c1", 1, tiny_teacher[2])
+    canonical = recover_floats(tmp_path / "c1", 1, tiny_teacher[2])
     assert any(not np.array_equal(ref[k], canonical[k]) for k in ref)  # Winograd did run
 
 
 def test_bfloat16_recovery_compute(tmp_path, tiny_teacher, monkeypatch):
     """recover.compute_dtype=bfloat16: bf16 convs (never Winograd), float32 images near float32's."""
-    from conftest import tiny_config
-    from test_recover import _run
-
-    from sre2l_jax import recover
-
     monkeypatch.setattr(conv, "WINOGRAD_MIN_MACS", 0)
     assert not conv.winograd_eligible((4, 12, 12, 4), (3, 3, 4, 4), 1, jnp.bfloat16)
-    ref = _run(tmp_path, "f32", 1, tiny_teacher[2])
-    c, bf16 = tiny_config(teacher=tiny_teacher[2]), {}
+    ref = recover_floats(tmp_path / "f32", 1, tiny_teacher[2])
+    c = tiny_config(teacher=tiny_teacher[2])
     c.recover.compute_dtype = "bfloat16"
-    recover.recover(c, str(tmp_path / "bf16"), keep_float=bf16)
+    recover.run(c, str(tmp_path / "bf16"))
+    bf16 = read_floats(tmp_path / "bf16")
     assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in bf16.values())
     # Adam's normalized steps turn bf16 noise on tiny gradients into lr-sized pixel moves, so the
     # mean (not the max) difference is what stays small.
@@ -140,4 +135,4 @@ def test_bfloat16_recovery_compute(tmp_path, tiny_teacher, monkeypatch):
     assert 0 < diff < 0.1 * moved, (diff, moved)
     c.recover.compute_dtype = "float16"
     with pytest.raises(ValueError, match="recover.compute_dtype 'float16'"):
-        recover.recover(c, str(tmp_path / "x"))
+        recover.run(c, str(tmp_path / "x"))

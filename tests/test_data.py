@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 import sys
 
 import numpy as np
 import pytest
+from helpers import write_idx
 from PIL import Image
 
 from sre2l_jax.configlib import base_config
 from sre2l_jax.data import pipeline, sources, transforms
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-
-
-def write_idx(path: str, array: np.ndarray) -> None:
-    """Write `array` (uint8 or int32) as an IDX file, gzipped when `path` ends in .gz."""
-    code = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C}[array.dtype]
-    header = struct.pack(">HBB", 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
-    with (gzip.open if path.endswith(".gz") else open)(path, "wb") as f:
-        f.write(payload)
 
 
 def make_idx_dir(directory, n_train=40, n_test=12, gz=True, sep="-"):

@@ -10,20 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import FASHION, REPO, load_config
 
 from sre2l_jax import configlib, models, squeeze
 from sre2l_jax.metrics import read_jsonl
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASHION = "/usr/share/datasets/fashion-mnist"
 CONFIGS = ["fashion_mnist", "tiny_imagenet", "imagenet", "cifar10", "cifar100", "imagenet_subsets"]
-
-
-def load_config(name: str, arg: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -128,8 +120,9 @@ def test_squeeze_loss_curve_does_not_depend_on_device_count(tmp_path):
     # by 1e-4 after one step at lr 0.1), so: a small lr, the first step exact, the curve close.
     curves = []
     for n in (1, 4):
-        squeeze.train_and_evaluate(_tiny_squeeze_config(squeeze__lr=0.002), str(tmp_path / f"d{n}"),
-                                   num_devices=n)
+        c = _tiny_squeeze_config(squeeze__lr=0.002)
+        c.num_devices = n
+        squeeze.run(c, str(tmp_path / f"d{n}"))
         curves.append([r["loss"] for r in read_jsonl(str(tmp_path / f"d{n}" / "squeeze" / "metrics.jsonl"))
                        if "loss" in r])
     assert len(curves[0]) == 8
@@ -163,7 +156,7 @@ def test_missing_data_directory_is_a_clear_error(tmp_path):
     c = _tiny_squeeze_config()
     c.data.dir = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        squeeze.train_and_evaluate(c, str(tmp_path / "w"))
+        squeeze.run(c, str(tmp_path / "w"))
 
 
 def test_metrics_rewind_drops_steps_a_resume_redoes(tmp_path):

@@ -40,7 +40,7 @@ def test_local_cluster_tears_down_and_restarts_a_failed_job(tmp_path, tiny_teach
     job, which resumes from the Orbax checkpoint (one save left, so no second kill) and finishes."""
     import sys
 
-    from conftest import free_port
+    from helpers import free_port
 
     env = {**os.environ, "MAX_RESTARTS": "1", "SRE2L_FAULT_KILL_AFTER_SAVES": "2", "PORT": str(free_port()),
            "PYTHON": sys.executable, "DEVICES_PER_PROCESS": "2"}

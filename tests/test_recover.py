@@ -9,19 +9,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import start_processes, tiny_config
+from helpers import (
+    REPO,
+    TESTS,
+    assert_same_images,
+    compiles,
+    hparams,
+    pngs,
+    read_floats,
+    recover_floats,
+    start_processes,
+    tiny_config,
+)
 
-from sre2l_jax import checkpoint, recover, recover_core
+from sre2l_jax import checkpoint, recover
 from sre2l_jax.models import apply_with_bn_stats
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(REPO, "tests")
-
-
-def _hp(**kw):
-    base = dict(iterations=10, lr=0.1, image_size=12, mean=(0.5,), std=(0.25,), alpha_bn=1.0,
-                first_bn_multiplier=10.0, crop=False, flip=False, jitter=(0, 0))
-    return recover_core.RecoverHParams(**{**base, **kw})
+from sre2l_jax.recover import objective, plan
 
 
 def _numpy_forward_stats(variables, x):
@@ -71,7 +74,7 @@ def test_bn_loss_and_gradient_match_independent_numpy(tiny_teacher):
                    for i, (m, v, rm, rv) in enumerate(stats))
 
     v32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), variables)
-    engine = lambda xx: recover_core.bn_matching_loss(
+    engine = lambda xx: objective.bn_matching_loss(
         apply_with_bn_stats(model, v32, xx)[1], 10.0)
     assert len(_numpy_forward_stats(variables, x)) == len(apply_with_bn_stats(model, v32, x)[1]) == 6
     np.testing.assert_allclose(float(engine(jnp.asarray(x, jnp.float32))), numpy_bn_loss(x), rtol=1e-5)
@@ -92,57 +95,45 @@ def test_bn_loss_is_plain_norm_not_squared():
              ("layer1_0/bn1", {"mean": jnp.zeros(2), "var": jnp.array([2.0, 1.0]),
                                "running_mean": jnp.zeros(2), "running_var": jnp.ones(2)})]
     # stem: 10 × (‖0‖ + ‖(3,4)‖) = 50; other: ‖(1,0)‖ = 1
-    assert float(recover_core.bn_matching_loss(stats, 10.0)) == pytest.approx(51.0)
+    assert float(objective.bn_matching_loss(stats, 10.0)) == pytest.approx(51.0)
 
 
 def test_adam_schedule_and_clip_follow_the_spec(tiny_teacher):
     model, variables, _ = tiny_teacher
-    hp = _hp(iterations=4, lr=0.3)
-    lr = recover_core.cosine_lr(hp)
+    hp = hparams(iterations=4, lr=0.3)
+    lr = objective.cosine_lr(hp)
     assert [float(lr(t)) for t in range(4)] == pytest.approx(
         [0.3, 0.5 * (1 + np.cos(np.pi / 4)) * 0.3, 0.15, 0.5 * (1 + np.cos(3 * np.pi / 4)) * 0.3])
-    x = recover_core.init_images(0, jnp.arange(4), jnp.zeros(4, jnp.int32), (12, 12, 1))
-    tx = recover_core.optimizer(hp)
-    out, _, metrics = recover_core.run_iterations(
-        x, tx.init(x), jnp.arange(4), jax.random.key(0), 0, 4, model=model, variables=variables, hp=hp)
+    x = objective.init_images(0, jnp.arange(4), jnp.zeros(4, jnp.int32), (12, 12, 1))
+    tx = objective.optimizer(hp)
+    out, _, metrics = objective.run_iterations(
+        x, tx.init(x), jnp.arange(4), jax.random.key(0), 0, 4, models=(model,), variables=(variables,),
+        hp=hp)
     assert float(out.min()) >= -2.0 - 1e-6 and float(out.max()) <= 2.0 + 1e-6  # (0-.5)/.25, (1-.5)/.25
     assert np.isfinite(float(metrics["loss"]))
 
 
 def test_batch_plan_sequential_and_classwise():
-    seq = recover.plan_batches(num_classes=1000, ipc=2, batch_size=100)
+    seq = plan.plan_batches(num_classes=1000, ipc=2, batch_size=100)
     assert len(seq) == 20 and seq[0].classes == tuple(range(100)) and set(seq[0].ipcs) == {0}
     assert seq[10].classes == tuple(range(100)) and set(seq[10].ipcs) == {1}
-    few = recover.plan_batches(num_classes=10, ipc=10, batch_size=100)
+    few = plan.plan_batches(num_classes=10, ipc=10, batch_size=100)
     assert len(few) == 1 and sorted(zip(few[0].classes, few[0].ipcs)) == [
         (c, k) for c in range(10) for k in range(10)]
-    cw = recover.plan_batches(num_classes=4, ipc=50, batch_size=100, composition="classwise")
+    cw = plan.plan_batches(num_classes=4, ipc=50, batch_size=100, composition="classwise")
     assert len(cw) == 2 and cw[0].classes == (0,) * 50 + (1,) * 50
     with pytest.raises(ValueError, match="cuts batch"):
-        recover.select_range(recover.plan_batches(10, 10, 20), (0, 1), (0, 10))
-
-
-def _run(tmp_path, name, devices, teacher, **opts):
-    c = tiny_config(teacher=teacher, **opts)
-    floats: dict = {}
-    recover.recover(c, str(tmp_path / name), num_devices=devices, keep_float=floats)
-    return floats
-
-
-def _assert_same(a: dict, b: dict):
-    assert a.keys() == b.keys() and len(a) == 16
-    for k in a:
-        np.testing.assert_allclose(a[k], b[k], atol=1e-6, rtol=0)
+        plan.select_range(plan.plan_batches(10, 10, 20), (0, 1), (0, 10))
 
 
 def test_images_do_not_depend_on_device_count_and_tree_is_written(tmp_path, tiny_teacher):
-    ref = _run(tmp_path, "d1", 1, tiny_teacher[2])
+    ref = recover_floats(tmp_path / "d1", 1, tiny_teacher[2])
     for n in (2, 4):
-        _assert_same(ref, _run(tmp_path, f"d{n}", n, tiny_teacher[2]))
+        assert_same_images(ref, recover_floats(tmp_path / f"d{n}", n, tiny_teacher[2]))
     tree = sorted(os.listdir(tmp_path / "d1" / "recover" / "images"))
     assert tree == ["a", "b", "c", "d"]
     assert sorted(os.listdir(tmp_path / "d1" / "recover" / "images" / "a")) == [
-        "000.png", "001.png", "002.png", "003.png"]
+        "000.npy", "000.png", "001.npy", "001.png", "002.npy", "002.png", "003.npy", "003.png"]
     manifest = json.load(open(tmp_path / "d1" / "recover" / "manifest.json"))
     assert len(manifest["images"]) == 16 and {"ce", "bn_loss", "teacher_pred"} <= set(manifest["images"][0])
     assert manifest["config"]["recover"]["iterations"] == 6
@@ -151,10 +142,10 @@ def test_images_do_not_depend_on_device_count_and_tree_is_written(tmp_path, tiny
 
 
 def test_range_split_reproduces_single_run(tmp_path, tiny_teacher):
-    whole = _run(tmp_path, "whole", 2, tiny_teacher[2])
-    split = _run(tmp_path, "split", 2, tiny_teacher[2], ipc_end=2)
-    split.update(_run(tmp_path, "split", 1, tiny_teacher[2], ipc_start=2))
-    _assert_same(whole, split)
+    whole = recover_floats(tmp_path / "whole", 2, tiny_teacher[2])
+    assert len(recover_floats(tmp_path / "split", 2, tiny_teacher[2], ipc_end=2)) == 8
+    split = recover_floats(tmp_path / "split", 1, tiny_teacher[2], ipc_start=2)
+    assert_same_images(whole, split)
     manifest = json.load(open(tmp_path / "split" / "recover" / "manifest.json"))
     assert len(manifest["images"]) == 16
 
@@ -168,14 +159,6 @@ def _cli(workdir, teacher, env_extra=None, iterations=12):
          f"--workdir={workdir}"], env=env, capture_output=True, text=True, timeout=300)
 
 
-def _pngs(root):
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            out[os.path.relpath(os.path.join(dirpath, f), root)] = open(os.path.join(dirpath, f), "rb").read()
-    return out
-
-
 def test_kill_and_resume_gives_identical_images(tmp_path, tiny_teacher):
     ref = _cli(tmp_path / "ref", tiny_teacher[2])
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -185,8 +168,8 @@ def test_kill_and_resume_gives_identical_images(tmp_path, tiny_teacher):
     resumed = _cli(tmp_path / "run", tiny_teacher[2])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed batches" in resumed.stdout
-    ref_png = _pngs(tmp_path / "ref" / "recover" / "images")
-    assert len(ref_png) == 16 and _pngs(tmp_path / "run" / "recover" / "images") == ref_png
+    ref_files = pngs(tmp_path / "ref" / "recover" / "images")
+    assert len(ref_files) == 32 and pngs(tmp_path / "run" / "recover" / "images") == ref_files
     ref_m = json.load(open(tmp_path / "ref" / "recover" / "manifest.json"))["images"]
     run_m = json.load(open(tmp_path / "run" / "recover" / "manifest.json"))["images"]
     np.testing.assert_allclose([e["ce"] for e in ref_m], [e["ce"] for e in run_m], atol=1e-6)
@@ -196,30 +179,31 @@ def _two_processes(workdir, teacher, fault_pid=None):
     """Start recovery as 2 processes × 2 simulated devices joined by jax.distributed."""
     fault = lambda pid: {"SRE2L_FAULT_KILL_AFTER_SAVES": "2"} if pid == fault_pid else {}
     return start_processes([sys.executable, os.path.join(TESTS, "run_recover_process.py"),
-                            f"recover,teacher={teacher},batch_size=4,iterations=12", str(workdir),
-                            TESTS], env_for=fault)
+                            f"recover,teacher={teacher},batch_size=4,iterations=12", str(workdir)],
+                           env_for=fault)
 
 
 def _gather_floats(workdir):
-    got = {}
-    for pid in range(2):
-        with np.load(workdir / f"float_{pid}.npz") as z:
-            assert len(z.files) > 0  # each host wrote its own share
-            got.update({tuple(int(v) for v in k.split("_")): z[k] for k in z.files})
+    written = [set(map(tuple, json.load(open(workdir / f"written_{pid}.json")))) for pid in range(2)]
+    # Each host wrote its own share: the batches its devices ran, and nothing else.
+    assert all(written) and not written[0] & written[1]
+    got = read_floats(workdir)
+    assert set(got) == written[0] | written[1]
     return got
 
 
 @pytest.fixture(scope="module")
 def one_device_ref(tmp_path_factory, tiny_teacher):
     # 4 batches of 4, so 4 devices each run one; 12 iterations checkpoint at 3, 6, 9.
-    return _run(tmp_path_factory.mktemp("ref"), "one", 1, tiny_teacher[2], batch_size=4, iterations=12)
+    return recover_floats(tmp_path_factory.mktemp("ref") / "one", 1, tiny_teacher[2], batch_size=4,
+                          iterations=12)
 
 
 def test_two_processes_match_one_device(tmp_path, tiny_teacher, one_device_ref):
     for p in _two_processes(tmp_path / "multi", tiny_teacher[2]):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
-    _assert_same(one_device_ref, _gather_floats(tmp_path / "multi"))
+    assert_same_images(one_device_ref, _gather_floats(tmp_path / "multi"))
 
 
 def test_host_dies_and_the_job_resumes_from_the_multihost_checkpoint(tmp_path, tiny_teacher,
@@ -238,23 +222,23 @@ def test_host_dies_and_the_job_resumes_from_the_multihost_checkpoint(tmp_path, t
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     assert any("resumed batches" in out for out, _ in outs)
-    _assert_same(one_device_ref, _gather_floats(workdir))
+    assert_same_images(one_device_ref, _gather_floats(workdir))
 
 
 def test_clear_errors(tmp_path, tiny_teacher):
     with pytest.raises(FileNotFoundError, match="no model checkpoint"):
-        recover.recover(tiny_config(teacher=str(tmp_path / "nope")), str(tmp_path / "w"))
+        recover.run(tiny_config(teacher=str(tmp_path / "nope")), str(tmp_path / "w"))
     c = tiny_config(teacher=tiny_teacher[2])
     c.data.num_classes = 5
     with pytest.raises(ValueError, match="has 4 classes but the data has 5"):
-        recover.recover(c, str(tmp_path / "w"))
+        recover.run(c, str(tmp_path / "w"))
     _, variables, _ = tiny_teacher
     broken = jax.tree.map(np.array, variables)
     broken["params"]["fc"]["bias"][0] = np.nan
     path = str(tmp_path / "nan_teacher")
     checkpoint.save_model(path, broken, json.load(open(os.path.join(tiny_teacher[2], "model.json"))))
     with pytest.raises(FloatingPointError, match="NaN"):
-        recover.recover(tiny_config(teacher=path), str(tmp_path / "nan"))
+        recover.run(tiny_config(teacher=path), str(tmp_path / "nan"))
     assert not os.path.exists(tmp_path / "nan" / "recover" / "manifest.json")
     assert not os.path.exists(tmp_path / "nan" / "recover" / "images")
 
@@ -262,37 +246,16 @@ def test_clear_errors(tmp_path, tiny_teacher):
 def test_verifier_reports_accuracy_on_the_results(tmp_path, tiny_teacher):
     c = tiny_config(teacher=tiny_teacher[2])
     c.recover.verifier = tiny_teacher[2]  # the teacher as its own verifier must agree with itself
-    summary = recover.recover(c, str(tmp_path / "v"))
+    summary = recover.run(c, str(tmp_path / "v"))
     assert summary["verifier_accuracy"] == pytest.approx(summary["teacher_accuracy"])
     entries = json.load(open(tmp_path / "v" / "recover" / "manifest.json"))["images"]
     assert all(e["verifier_pred"] == e["teacher_pred"] for e in entries)
 
 
-def _compiles(fn) -> list[str]:
-    """Run fn() and return the names of the functions XLA compiled meanwhile."""
-    import logging
-
-    seen: list[str] = []
-
-    class Catch(logging.Handler):
-        def emit(self, record):
-            msg = record.getMessage()
-            if msg.startswith("Compiling "):
-                seen.append(msg.split(" ")[1])
-
-    handler = Catch()
-    logging.getLogger("jax").addHandler(handler)
-    try:
-        with jax.log_compiles(True):
-            fn()
-    finally:
-        logging.getLogger("jax").removeHandler(handler)
-    return seen
-
-
 def test_recovery_step_compiles_once_for_all_rounds_and_chunks(tmp_path, tiny_teacher):
     # 2 rounds (two batches of 8 on one device) × 4 chunks of 3 iterations: one compilation.
     c = tiny_config(teacher=tiny_teacher[2], iterations=12)
-    seen = _compiles(lambda: recover.recover(c, str(tmp_path / "w"), num_devices=1))
+    c.num_devices = 1
+    seen = compiles(lambda: recover.run(c, str(tmp_path / "w")))
     assert seen.count("jit(iterate_local)") == 1, seen
     assert seen.count("jit(init_local)") == 1 and seen.count("jit(score_local)") == 1

@@ -210,9 +210,9 @@ def test_pickled_module_falls_back_with_warning_and_cli(tmp_path):
 
 def test_imported_torchvision_model_serves_as_an_extra_teacher(tmp_path, tiny_teacher):
     """G-VBSM-style multi-teacher recovery with an imported torchvision ResNet-18 next to ours."""
-    from conftest import tiny_config
+    from helpers import tiny_config
 
-    from sre2l_jax import recover, student
+    from sre2l_jax import recover, teachers
 
     tmodel = _randomize_bn(_lowres(torchvision.models.resnet18(num_classes=4), channels=1), seed=8)
     pth = str(tmp_path / "r18.pth")
@@ -220,11 +220,12 @@ def test_imported_torchvision_model_serves_as_an_extra_teacher(tmp_path, tiny_te
     imported = str(tmp_path / "imported")
     torch_import.import_torchvision(pth, imported, image_size=12, mean=(0.5,), std=(0.25,),
                                     expected_channels=1, class_names=["a", "b", "c", "d"])
-    c = tiny_config(teacher=tiny_teacher[2], iterations=2)
+    c = tiny_config(teacher=tiny_teacher[2], iterations=2, num_devices=2)
     c.recover.extra_teachers = (imported,)
-    summary = recover.recover(c, str(tmp_path / "w"), num_devices=2)
+    summary = recover.run(c, str(tmp_path / "w"))
     assert summary["images"] == 16
-    ens, ens_vars, _, _ = student.load_teacher(c, str(tmp_path / "w"))
+    both = teachers.load(c, str(tmp_path / "w"))
+    ens, ens_vars = both.ensemble, both.variables
     x = _input(12, seed=9, channels=1)
     mine = tiny_teacher[0].apply(tiny_teacher[1], x, train=False)
     theirs, _ = _torch_forward(tmodel, x)

@@ -12,15 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import REPO, TESTS, compiles, start_processes, write_idx, write_synthetic
 from PIL import Image
-from test_data import write_idx
 
-from sre2l_jax import checkpoint, optim, relabel, student, validate
+from sre2l_jax import checkpoint, optim, relabel, validate
+from sre2l_jax.formats import labels as label_files
 from sre2l_jax.models import create_model, init_variables
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = os.path.join(REPO, "tests")
-FOLDERS = ["a", "b", "c", "d"]  # recover's folders for the tiny teacher's class names
+from sre2l_jax.student import losses, plans
 
 CONFIG_FILE = '''
 import tiny_config  # tests/ is on sys.path: PYTHONPATH in the CLI, pytest's rootdir in-process
@@ -30,13 +28,13 @@ def get_config(arg=None):
     c = tiny_config.get_config(arg)
     c.unlock()
     c.data.source, c.data.dir, c.data.class_ids = "idx", {data_dir!r}, (0, 1, 2, 3)
-    v = c.validate
-    v.student_arch, v.student_width, v.lr, v.epochs, v.batch_size = "_tiny", 4, 1e-2, 3, 12
-    v.eval_every_epochs, v.checkpoint_every_epochs, v.seeds, v.baselines = 2, 2, (0,), ()
+    st = c.student
+    st.arch, st.width, st.lr, st.epochs, st.batch_size, st.temperature = "_tiny", 4, 1e-2, 3, 12, 4.0
+    st.eval_every_epochs = 2
     # Online runs round the teacher's logits through float16 as stored labels do, so the two
     # modes must agree to float32 reduction-order noise.
-    v.teacher_logits_dtype = "float16"
-    c.relabel.epochs, c.relabel.batch_size, c.relabel.temperature = 3, 12, 4.0
+    st.teacher_logits_dtype = "float16"
+    c.validate.checkpoint_every_epochs, c.validate.seeds, c.validate.baselines = 2, (0,), ()
     c.log_every_steps = 100
     return c.lock()
 '''
@@ -54,25 +52,25 @@ def test_kd_and_hard_losses_match_numpy():
     for tau, tau2 in ((1.0, False), (4.0, True), (20.0, False)):
         p, q = _numpy_softmax(t / tau), _numpy_softmax(s / tau)
         expected = np.sum(p * (np.log(p) - np.log(q))) / 5 * (tau**2 if tau2 else 1.0)
-        got = float(student.kd_loss(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), tau, tau2))
+        got = float(losses.kd_loss(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), tau, tau2))
         np.testing.assert_allclose(got, expected, rtol=1e-5)
     # Top-k targets: filled classes get exactly zero mass, the rest is the renormalized top-k.
     arrays = {"topk_indices": np.argsort(-t, 1)[:, :3].astype(np.int16)}
     arrays["topk_values"] = np.take_along_axis(t, arrays["topk_indices"].astype(int), 1).astype(np.float16)
-    full = relabel.full_logits(arrays, 7)
-    assert np.sum(full == relabel.FILL_LOGIT) == 5 * 4
+    full = label_files.full_logits(arrays, 7)
+    assert np.sum(full == label_files.FILL_LOGIT) == 5 * 4
     p = np.zeros((5, 7))
     top = arrays["topk_values"].astype(np.float64) / 4.0
     np.put_along_axis(p, arrays["topk_indices"].astype(int), _numpy_softmax(top), 1)
     log_q = np.log(_numpy_softmax(s / 4.0))
     expected = np.sum(np.where(p > 0, p * (np.log(np.where(p > 0, p, 1)) - log_q), 0)) / 5
-    got = float(student.kd_loss(jnp.asarray(s, jnp.float32), jnp.asarray(full), 4.0, False))
+    got = float(losses.kd_loss(jnp.asarray(s, jnp.float32), jnp.asarray(full), 4.0, False))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     # Hard labels mixed by λ with the partner permutation.
     labels, perm, lam = np.array([0, 1, 2, 3, 4]), np.array([2, 0, 1, 4, 3]), 0.3
     ce = -np.log(_numpy_softmax(s))
     expected = np.mean(lam * ce[np.arange(5), labels] + (1 - lam) * ce[np.arange(5), labels[perm]])
-    got = float(student.hard_loss(jnp.asarray(s, jnp.float32), jnp.asarray(labels),
+    got = float(losses.hard_loss(jnp.asarray(s, jnp.float32), jnp.asarray(labels),
                                   {"perm": jnp.asarray(perm), "lam": jnp.float32(lam)}))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
@@ -98,33 +96,22 @@ def test_adamw_decays_conv_and_dense_kernels_only():
 
 
 def test_mix_plans():
-    spec = student.AugSpec(12, (0.5,), (0.25,), mix="cutmix")
-    plan = jax.jit(lambda k: student.mix_plan(k, 8, spec))(jax.random.key(3))
+    spec = plans.AugSpec(12, (0.5,), (0.25,), mix="cutmix")
+    plan = jax.jit(lambda k: plans.mix_plan(k, 8, spec))(jax.random.key(3))
     box = np.asarray(plan["box"])
     area = (box[2] - box[0]) * (box[3] - box[1])
     assert float(plan["lam"]) == pytest.approx(1 - area / 144) and sorted(plan["perm"]) == list(range(8))
-    off = student.mix_plan(jax.random.key(3), 8, student.AugSpec(12, (0.5,), (0.25,), mix_prob=0.0))
+    off = plans.mix_plan(jax.random.key(3), 8, plans.AugSpec(12, (0.5,), (0.25,), mix_prob=0.0))
     assert float(off["lam"]) == 1.0 and not np.any(off["box"])
-    mixup = student.mix_plan(jax.random.key(3), 8, student.AugSpec(12, (0.5,), (0.25,), mix="mixup"))
+    mixup = plans.mix_plan(jax.random.key(3), 8, plans.AugSpec(12, (0.5,), (0.25,), mix="mixup"))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 12, 12, 1)), jnp.float32)
     full = {"boxes": jnp.tile(jnp.array([0, 0, 12, 12]), (8, 1)), "flips": jnp.zeros(8, bool), **mixup}
     lam = float(mixup["lam"])
-    np.testing.assert_allclose(student.apply_plan(x, full, student.AugSpec(12, (0.5,), (0.25,), mix="mixup")),
+    np.testing.assert_allclose(plans.apply_plan(x, full, plans.AugSpec(12, (0.5,), (0.25,), mix="mixup")),
                                lam * x + (1 - lam) * x[np.asarray(mixup["perm"])], atol=1e-5)
 
 
 # ---------------------------------------------------------------- end to end on a tiny set
-
-def _write_synthetic(workdir, ipc=4, seed=0):
-    rng = np.random.default_rng(seed)
-    for folder in FOLDERS:
-        os.makedirs(os.path.join(workdir, "recover", "images", folder))
-        for k in range(ipc):
-            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(
-                os.path.join(workdir, "recover", "images", folder, f"{k:03d}.png"))
-    checkpoint.write_json_atomic(os.path.join(workdir, "recover", "manifest.json"),
-                                 {"class_folders": FOLDERS})
-
 
 def _load_config(path, teacher, **edits):
     spec = importlib.util.spec_from_file_location("validate_test_config", path)
@@ -133,8 +120,11 @@ def _load_config(path, teacher, **edits):
     c = module.get_config(f"validate,teacher={teacher}")
     c.unlock()
     for key, value in edits.items():
-        section, name = key.split("__")
-        c[section][name] = value
+        if "__" in key:
+            section, name = key.split("__")
+            c[section][name] = value
+        else:
+            c[key] = value
     return c
 
 
@@ -148,7 +138,7 @@ def env(tmp_path_factory, tiny_teacher):
         write_idx(str(root / "idx" / f"{prefix}-images-idx3-ubyte"),
                   rng.integers(0, 256, (n, 12, 12), dtype=np.uint8))
         write_idx(str(root / "idx" / f"{prefix}-labels-idx1-ubyte"), (np.arange(n) % 4).astype(np.uint8))
-    _write_synthetic(str(root / "synthetic"))
+    write_synthetic(str(root / "synthetic"))
     config_path = root / "validate_config.py"
     config_path.write_text(CONFIG_FILE.format(data_dir=str(root / "idx")))
     config = lambda **edits: _load_config(str(config_path), tiny_teacher[2], **edits)
@@ -178,12 +168,11 @@ def runs(env):
     """Online on 1 device (with baselines, 2 seeds), online on 4, relabel, stored on 4."""
     one, four, stored = _workdir(env, "one"), _workdir(env, "four"), _workdir(env, "stored")
     out = {"one": one, "four": four, "stored": stored}
-    c = env["config"](validate__seeds=(0, 1), validate__baselines=validate.BASELINES)
-    out["summary_one"] = validate.validate(c, one, num_devices=1)
-    out["summary_four"] = validate.validate(env["config"](), four, num_devices=4)
-    out["relabel"] = relabel.relabel(env["config"](), stored, num_devices=4)
-    out["summary_stored"] = validate.validate(env["config"](validate__labels="stored"), stored,
-                                              num_devices=4)
+    c = env["config"](validate__seeds=(0, 1), validate__baselines=validate.BASELINES, num_devices=1)
+    out["summary_one"] = validate.run(c, one)
+    out["summary_four"] = validate.run(env["config"](num_devices=4), four)
+    out["relabel"] = relabel.run(env["config"](num_devices=4), stored)
+    out["summary_stored"] = validate.run(env["config"](validate__labels="stored", num_devices=4), stored)
     return out
 
 
@@ -207,32 +196,32 @@ def test_relabel_files(runs, env):
     d = os.path.join(runs["stored"], "relabel")
     assert sorted(f for f in os.listdir(d) if f.endswith(".npz")) == [
         "epoch_00000.npz", "epoch_00001.npz", "epoch_00002.npz"]
-    z = relabel.read_epoch(d, 1)
+    z = label_files.read_epoch(d, 1)
     assert z["logits"].dtype == np.float16 and z["logits"].shape == (16, 4)
     assert sorted(z["order"]) == list(range(16)) and z["boxes"].shape == (16, 4)
     assert z["mix_lambda"].shape == (2,) and z["mix_box"].shape == (2, 4)  # batches of 12 and 4
     assert sorted(z["mix_perm"][:12]) == list(range(12)) and sorted(z["mix_perm"][12:]) == list(range(4))
-    np.testing.assert_array_equal(z["order"], student.epoch_order(0, 1, 16))
+    np.testing.assert_array_equal(z["order"], plans.epoch_order(0, 1, 16))
     meta = json.load(open(os.path.join(d, "meta.json")))
-    assert meta["complete"] and meta["temperature"] == 4.0 and meta["settings"]["batch_size"] == 12
+    assert meta["complete"] and meta["temperature"] == 4.0 and meta["plan"]["batch_size"] == 12
     assert meta["storage_bytes"] == sum(os.path.getsize(os.path.join(d, f"epoch_0000{e}.npz"))
                                         for e in range(3)) == runs["relabel"]["storage_bytes"]
     # A restart keeps the finished epochs and rewrites nothing.
     mtime = os.path.getmtime(os.path.join(d, "epoch_00000.npz"))
-    relabel.relabel(env["config"](), runs["stored"], num_devices=4)
+    relabel.run(env["config"](num_devices=4), runs["stored"])
     assert os.path.getmtime(os.path.join(d, "epoch_00000.npz")) == mtime
 
 
 def test_topk_labels_are_stored_and_used(env, runs):
     w = _workdir(env, "topk")
-    c = env["config"](relabel__top_k=2)  # same shapes as the fixture's runs: nothing to compile
-    relabel.relabel(c, w, num_devices=4)
-    z = relabel.read_epoch(os.path.join(w, "relabel"), 0)
-    full = relabel.read_epoch(os.path.join(runs["stored"], "relabel"), 0)["logits"]
+    c = env["config"](relabel__top_k=2, num_devices=4)  # the fixture's shapes: nothing to compile
+    relabel.run(c, w)
+    z = label_files.read_epoch(os.path.join(w, "relabel"), 0)
+    full = label_files.read_epoch(os.path.join(runs["stored"], "relabel"), 0)["logits"]
     assert "logits" not in z and z["topk_values"].shape == (16, 2)
     np.testing.assert_array_equal(np.sort(z["topk_values"], 1), np.sort(full, 1)[:, 2:])
     c.validate.labels = "stored"
-    assert np.isfinite(validate.validate(c, w, num_devices=4)["top1"])
+    assert np.isfinite(validate.run(c, w)["top1"])
 
 
 def test_summary(runs):
@@ -291,38 +280,36 @@ def test_kill_and_resume_gives_the_same_student(env, runs):
 
 def test_clear_errors(env, runs, tmp_path):
     with pytest.raises(FileNotFoundError, match="no synthetic images"):
-        validate.validate(env["config"](), str(tmp_path / "empty"))
+        validate.run(env["config"](), str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="has 4 classes but the data has 5"):
-        validate.validate(env["config"](data__num_classes=5), runs["one"])
+        validate.run(env["config"](data__num_classes=5), runs["one"])
     with pytest.raises(ValueError, match="unknown validate.baselines"):
-        validate.validate(env["config"](validate__baselines=("real",)), runs["one"])
+        validate.run(env["config"](validate__baselines=("real",)), runs["one"])
     with pytest.raises(FileNotFoundError, match="run the relabel stage first"):
-        validate.validate(env["config"](validate__labels="stored"), runs["one"])
+        validate.run(env["config"](validate__labels="stored"), runs["one"])
     with pytest.raises(ValueError, match="batch_size"):
-        validate.validate(env["config"](validate__labels="stored", validate__batch_size=8), runs["stored"])
-    with pytest.raises(ValueError, match="validate.epochs=5"):
-        validate.validate(env["config"](validate__labels="stored", validate__epochs=5), runs["stored"])
-    with pytest.raises(ValueError, match="holds a run with other settings"):
-        validate.validate(env["config"](validate__lr=0.5), runs["four"], num_devices=4)
-    with pytest.raises(ValueError, match="labels for other settings"):
-        relabel.relabel(env["config"](relabel__mix="none"), runs["stored"], num_devices=4)
+        validate.run(env["config"](validate__labels="stored", student__batch_size=8), runs["stored"])
+    with pytest.raises(ValueError, match="epochs: 3 -> 5"):
+        validate.run(env["config"](validate__labels="stored", student__epochs=5), runs["stored"])
+    with pytest.raises(ValueError, match="holds a student run made with other settings.*lr: 0.01 -> 0.5"):
+        validate.run(env["config"](student__lr=0.5, num_devices=4), runs["four"])
+    with pytest.raises(ValueError, match="holds stored labels made with other settings.*mix: cutmix -> none"):
+        relabel.run(env["config"](student__mix="none", num_devices=4), runs["stored"])
     # Images outside recover's layout: folders come from the teacher's class names.
     changed = str(tmp_path / "changed")
     shutil.copytree(os.path.join(runs["stored"], "recover", "images"), changed)
     Image.fromarray(np.zeros((12, 12), np.uint8)).save(os.path.join(changed, "a", "000.png"))
     with pytest.raises(ValueError, match="other synthetic images"):
-        validate.validate(env["config"](validate__labels="stored", relabel__images=changed),
+        validate.run(env["config"](validate__labels="stored", relabel__images=changed),
                           runs["stored"])
     os.makedirs(os.path.join(changed, "e"))
     Image.fromarray(np.zeros((12, 12), np.uint8)).save(os.path.join(changed, "e", "000.png"))
     with pytest.raises(ValueError, match="not among"):
-        validate.validate(env["config"](relabel__images=changed), runs["one"])
+        validate.run(env["config"](relabel__images=changed), runs["one"])
 
 
 def test_two_processes_match_one_device(env, runs):
     """2 processes × 2 simulated devices, joined by jax.distributed, train the 1-device student."""
-    from conftest import start_processes
-
     workdir = _workdir(env, "multi")
     procs = start_processes([sys.executable, os.path.join(TESTS, "run_validate_process.py"),
                              env["config_path"], workdir, TESTS, f"validate,teacher={env['teacher']}"])
@@ -340,9 +327,8 @@ def test_two_processes_match_one_device(env, runs):
 def test_student_step_compiles_once_per_batch_shape(env):
     """2 seeds × (SRe²L + 2 baselines) = 6 students of 3 epochs: the step compiles once per batch
     shape (12 and the last 4 of 16 images), not per student, epoch or step."""
-    from test_recover import _compiles
-
-    c = env["config"](validate__seeds=(0, 1), validate__baselines=("real_soft", "real_hard"))
-    seen = _compiles(lambda: validate.validate(c, _workdir(env, "compiles"), num_devices=1))
+    c = env["config"](validate__seeds=(0, 1), validate__baselines=("real_soft", "real_hard"),
+                      num_devices=1)
+    seen = compiles(lambda: validate.run(c, _workdir(env, "compiles")))
     steps = [s for s in seen if "online_step" in s]
     assert 1 <= len(steps) <= 2, seen

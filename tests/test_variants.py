@@ -7,20 +7,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TINY, randomized_teacher, tiny_config
-from test_data import write_idx
-from test_recover import _assert_same, _hp
-from test_validate import _write_synthetic
+from helpers import (
+    TINY,
+    assert_same_images,
+    hparams,
+    randomized_teacher,
+    read_floats,
+    tiny_config,
+    write_idx,
+    write_synthetic,
+)
 
-from sre2l_jax import augment, checkpoint, real_init, recover, recover_core, relabel, student, validate
+from sre2l_jax import augment, checkpoint, recover, relabel, teachers, validate
 from sre2l_jax.data import sources
-from sre2l_jax.models import Ensemble
+from sre2l_jax.formats import labels as label_files
+from sre2l_jax.recover import objective, real_init
+from sre2l_jax.stage_state import write_json_atomic
 
 
 def test_crop_schedule_values():
     lo, hi = 0.08, 1.0
-    at = lambda sched, t, m=1.0: float(recover_core.crop_min_scale(
-        _hp(iterations=100, crop=True, crop_schedule=sched, crop_milestone=m), t))
+    at = lambda sched, t, m=1.0: float(objective.crop_min_scale(
+        hparams(iterations=100, crop=True, crop_schedule=sched, crop_milestone=m), t))
     assert [at("constant", t) for t in (0, 50, 99)] == pytest.approx([lo] * 3)
     assert [at("linear", t) for t in (0, 25, 50, 100)] == pytest.approx(
         [hi, lo + (hi - lo) * 0.75, lo + (hi - lo) * 0.5, lo])
@@ -34,11 +42,11 @@ def test_crop_schedule_values():
         assert box.tolist() == [0, 0, 12, 12]
     # Iterations run with a schedule, inside the jitted loop.
     model, variables = randomized_teacher()
-    hp = _hp(iterations=4, crop=True, crop_schedule="cosine")
-    x = recover_core.init_images(0, jnp.arange(4), jnp.zeros(4, jnp.int32), (12, 12, 1))
-    out, _, m = recover_core.run_iterations(x, recover_core.optimizer(hp).init(x), jnp.arange(4),
-                                            jax.random.key(0), 0, 4, model=model, variables=variables,
-                                            hp=hp)
+    hp = hparams(iterations=4, crop=True, crop_schedule="cosine")
+    x = objective.init_images(0, jnp.arange(4), jnp.zeros(4, jnp.int32), (12, 12, 1))
+    out, _, m = objective.run_iterations(x, objective.optimizer(hp).init(x), jnp.arange(4),
+                                         jax.random.key(0), 0, 4, models=(model,),
+                                         variables=(variables,), hp=hp)
     assert np.isfinite(float(m["loss"])) and not np.allclose(out, x)
 
 
@@ -46,10 +54,10 @@ def test_crop_schedule_errors():
     c = tiny_config()
     c.recover.crop, c.recover.crop_schedule = False, "cosine"
     with pytest.raises(ValueError, match="needs recover.crop=True"):
-        recover_core.RecoverHParams.from_config(c.recover, c.data)
+        objective.RecoverHParams.from_config(c)
     c.recover.crop, c.recover.crop_schedule = True, "exponential"
     with pytest.raises(ValueError, match="unknown recover.crop_schedule"):
-        recover_core.RecoverHParams.from_config(c.recover, c.data)
+        objective.RecoverHParams.from_config(c)
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +111,10 @@ def test_real_init_recovery_is_device_invariant_and_records_sources(tmp_path, da
     floats = {}
     for n in (1, 2):
         c = _data_config(data_dir, tiny_teacher[2], init="real_random")
-        floats[n] = {}
-        recover.recover(c, str(tmp_path / f"d{n}"), num_devices=n, keep_float=floats[n])
-    _assert_same(floats[1], floats[2])
+        c.num_devices = n
+        recover.run(c, str(tmp_path / f"d{n}"))
+        floats[n] = read_floats(tmp_path / f"d{n}")
+    assert_same_images(floats[1], floats[2])
     labels = sources.source_labels(sources.build_source(c.data, "train"))
     entries = json.load(open(tmp_path / "d1" / "recover" / "manifest.json"))["images"]
     assert len(entries) == 16 and all(labels[e["init_sources"][0]] == e["class"] for e in entries)
@@ -115,19 +124,19 @@ def test_teacher_cycle_is_deterministic_t_mod_n(tiny_teacher):
     """Three iterations with teachers (A, B) = A at t=0, B at t=1, A at t=2, run one at a time."""
     model, va, _ = tiny_teacher
     _, vb = randomized_teacher(1)
-    assert [recover_core.teacher_index(t, 3) for t in range(7)] == [0, 1, 2, 0, 1, 2, 0]
-    hp = _hp(iterations=3, jitter=(-2, 2), flip=True)
-    x = recover_core.init_images(0, jnp.arange(4), jnp.zeros(4, jnp.int32), (12, 12, 1))
-    labels, key, tx = jnp.arange(4), jax.random.key(5), recover_core.optimizer(hp)
-    cycled, _, _ = recover_core.run_iterations(x, tx.init(x), labels, key, 0, 3, model=(model, model),
-                                               variables=(va, vb), hp=hp)
+    assert [objective.teacher_index(t, 3) for t in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    hp = hparams(iterations=3, jitter=(-2, 2), flip=True)
+    x = objective.init_images(0, jnp.arange(4), jnp.zeros(4, jnp.int32), (12, 12, 1))
+    labels, key, tx = jnp.arange(4), jax.random.key(5), objective.optimizer(hp)
+    cycled, _, _ = objective.run_iterations(x, tx.init(x), labels, key, 0, 3, models=(model, model),
+                                            variables=(va, vb), hp=hp)
     xs, state = x, tx.init(x)
     for t, v in enumerate((va, vb, va)):
-        xs, state, _ = recover_core.run_iterations(xs, state, labels, key, t, t + 1, model=model,
-                                                   variables=v, hp=hp)
+        xs, state, _ = objective.run_iterations(xs, state, labels, key, t, t + 1, models=(model,),
+                                                variables=(v,), hp=hp)
     np.testing.assert_allclose(cycled, xs, atol=1e-5)
-    single, _, _ = recover_core.run_iterations(x, tx.init(x), labels, key, 0, 3, model=model,
-                                               variables=va, hp=hp)
+    single, _, _ = objective.run_iterations(x, tx.init(x), labels, key, 0, 3, models=(model,),
+                                            variables=(va,), hp=hp)
     assert not np.allclose(single, cycled, atol=1e-3)  # B really took part
 
 
@@ -144,14 +153,16 @@ def test_multi_teacher_recovery_and_ensemble_labels(tmp_path, data_dir, tiny_tea
     model, va, path_a = tiny_teacher
     floats = {}
     for n in (1, 2):
-        floats[n] = {}
         c = _data_config(data_dir, path_a, extra_teachers=(second_teacher,))
-        recover.recover(c, str(tmp_path / f"m{n}"), num_devices=n, keep_float=floats[n])
-    _assert_same(floats[1], floats[2])
+        c.num_devices = n
+        recover.run(c, str(tmp_path / f"m{n}"))
+        floats[n] = read_floats(tmp_path / f"m{n}")
+    assert_same_images(floats[1], floats[2])
 
     # Soft labels come from the ensemble: mean logits of both teachers.
-    ens, ens_vars, meta, _ = student.load_teacher(c, str(tmp_path))
-    assert isinstance(ens, Ensemble) and len(ens_vars) == 2 and meta["num_classes"] == 4
+    both = teachers.load(c, str(tmp_path))
+    ens, ens_vars = both.ensemble, both.variables
+    assert len(ens.members) == len(ens_vars) == 2 and both.meta["num_classes"] == 4
     x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 12, 12, 1)), jnp.float32)
     _, vb = randomized_teacher(1)
     expected = (model.apply(va, x, train=False) + model.apply(vb, x, train=False)) / 2
@@ -160,11 +171,11 @@ def test_multi_teacher_recovery_and_ensemble_labels(tmp_path, data_dir, tiny_tea
     # Relabel end to end: an "ensemble" of A with itself stores A's labels, A with B does not.
     def stored_logits(name, extra):
         w = str(tmp_path / name)
-        _write_synthetic(w)
+        write_synthetic(w)
         cfg = _data_config(data_dir, path_a, extra_teachers=extra)
-        cfg.relabel.epochs, cfg.relabel.batch_size = 1, 8
-        relabel.relabel(cfg, w, num_devices=1)
-        return np.load(relabel.epoch_path(os.path.join(w, "relabel"), 0))["logits"]
+        cfg.student.epochs, cfg.student.batch_size, cfg.num_devices = 1, 8, 1
+        relabel.run(cfg, w)
+        return label_files.read_epoch(os.path.join(w, "relabel"), 0)["logits"]
 
     single = stored_logits("single", ())
     np.testing.assert_allclose(stored_logits("self", (path_a,)), single, atol=1e-3)
@@ -172,15 +183,16 @@ def test_multi_teacher_recovery_and_ensemble_labels(tmp_path, data_dir, tiny_tea
 
     # Validate trains a student on the ensemble's soft labels and evaluates the ensemble teacher.
     cfg = _data_config(data_dir, path_a, extra_teachers=(second_teacher,))
-    v = cfg.validate
-    v.student_arch, v.student_width, v.epochs, v.batch_size, v.seeds, v.baselines = "_tiny", 4, 2, 8, (0,), ()
-    v.eval_every_epochs = 2
-    summary = validate.validate(cfg, str(tmp_path / "pair"), num_devices=1)
+    st = cfg.student
+    st.arch, st.width, st.epochs, st.batch_size, st.eval_every_epochs = "_tiny", 4, 2, 8, 2
+    cfg.validate.seeds, cfg.validate.baselines, cfg.num_devices = (0,), (), 1
+    summary = validate.run(cfg, str(tmp_path / "pair"))
     assert np.isfinite(summary["top1"]) and 0 <= summary["teacher_top1"] <= 100
 
 
 def test_variants_table_and_report_section(tmp_path):
-    from sre2l_jax import report, variants
+    from sre2l_jax import report
+    from sre2l_jax.experiments import variants
 
     rows = [{"name": "sre2l", "top1": 50.0, "top1_std": 1.5, "per_seed": [49.0, 51.0],
              "teacher_acc_on_images": 100.0},
@@ -192,7 +204,7 @@ def test_variants_table_and_report_section(tmp_path):
     assert "| (a) random real + soft labels | 60.00 ± 0.50 | 60.50, 59.50 | — |" in table
     os.makedirs(tmp_path / "variants")
     assert report._variants_section(str(tmp_path)) == ""
-    checkpoint.write_json_atomic(str(tmp_path / "variants" / "results.json"), rows)
+    write_json_atomic(str(tmp_path / "variants" / "results.json"), rows)
     section = report._variants_section(str(tmp_path))
     assert "50.00 ± 1.50" in section and "random real + soft labels" in section
     with pytest.raises(ValueError, match="unknown variants"):
@@ -200,12 +212,12 @@ def test_variants_table_and_report_section(tmp_path):
 
 
 def test_only_runs_add_rows_to_the_earlier_table(tmp_path):
-    from sre2l_jax import variants
+    from sre2l_jax.experiments import variants
 
     path = str(tmp_path / "results.json")
     row = lambda name, top1: {"name": name, "top1": top1, "top1_std": 0.0, "per_seed": [top1],
                               "teacher_acc_on_images": None}
-    checkpoint.write_json_atomic(path, [row("sre2l", 50.0), row("cda", 30.0), row("real_init", 55.0)])
+    write_json_atomic(path, [row("sre2l", 50.0), row("cda", 30.0), row("real_init", 55.0)])
     merged = variants._merge_with_earlier(path, [row("sre2l", 51.0), row("real_init_100it", 60.0),
                                                  row("real_init", 56.0)])
     assert [(r["name"], r["top1"]) for r in merged] == [

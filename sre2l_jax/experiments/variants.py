@@ -1,6 +1,6 @@
 r"""SRe²L and the later recovery variants through one engine, one teacher and one student recipe.
 
-  python -m sre2l_jax.variants --config=configs/fashion_mnist.py:all,seeds=3 --workdir=workdirs/fm
+  python -m sre2l_jax.experiments.variants --config=configs/fashion_mnist.py:all,seeds=3 --workdir=workdirs/fm
 
 Runs the plain pipeline in WORKDIR (SRe²L and the validate baselines: random real images with soft
 labels, with hard labels), then each variant's recover → relabel → validate in
@@ -17,13 +17,12 @@ import json
 import os
 
 import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags
 
-from sre2l_jax import checkpoint, parallel, report, run_all
+from sre2l_jax import main as cli
+from sre2l_jax import report, stages, teachers
+from sre2l_jax.stage_state import write_json_atomic, write_text_atomic
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/fashion_mnist.py:all")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of the plain SRe²L run.")
 _EXTRA = flags.DEFINE_list("extra_teachers", [], "Model checkpoints for the multi-teacher row.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these variants (default: all).")
 
@@ -51,8 +50,8 @@ def second_teacher(config, workdir: str) -> str:
     c2.model.width = 2 * config.model.width
     c2.squeeze.epochs = max(1, config.squeeze.epochs // 2)
     sub = os.path.join(workdir, "variants", "teacher2")
-    run_all.run_stage_once(c2, sub, "squeeze")
-    return os.path.join(sub, "squeeze", "model")
+    stages.run_once(c2, sub, "squeeze")
+    return teachers.default_path(c2, sub)
 
 
 def _row(name: str, val: dict, rec: dict | None) -> dict:
@@ -67,10 +66,10 @@ def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; known: {sorted(VARIANTS)}")
     config.unlock()
-    plain = run_all.run_all(config, workdir)
+    plain = stages.run_all(config, workdir)
     rows = [_row("sre2l", plain["validate"], plain["recover"])]
     rows += [_row(BASELINES[b], plain["validate"][b], None) for b in config.validate.baselines]
-    config.recover.teacher = config.recover.teacher or os.path.join(workdir, "squeeze", "model")
+    config.recover.teacher = teachers.default_path(config, workdir)
     config.validate.baselines = ()
     for name, settings in VARIANTS.items():
         if only and name not in only:
@@ -81,7 +80,7 @@ def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
                 value = tuple(extra_teachers or [second_teacher(config, workdir)])
             c.recover[key] = value
         sub = os.path.join(workdir, "variants", name)
-        summaries = {s: run_all.run_stage_once(c, sub, s) for s in ("recover", "relabel", "validate")}
+        summaries = {s: stages.run_once(c, sub, s) for s in ("recover", "relabel", "validate")}
         images, labels, names = report.synthetic_arrays(sub)
         report.image_grid(images, labels, names, os.path.join(workdir, "variants", f"grid_{name}.png"),
                           title=f"variant: {name}")
@@ -89,9 +88,9 @@ def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
     if jax.process_index() == 0:
         out = os.path.join(workdir, "variants")
         rows = _merge_with_earlier(os.path.join(out, "results.json"), rows)
-        checkpoint.write_json_atomic(os.path.join(out, "results.json"), rows)
+        write_json_atomic(os.path.join(out, "results.json"), rows)
         table = variants_table(config, rows)
-        checkpoint.write_text_atomic(os.path.join(out, "table.md"), table)
+        write_text_atomic(os.path.join(out, "table.md"), table)
         report.write_report(config, workdir)
         print(table, flush=True)
     return rows
@@ -109,10 +108,10 @@ def _merge_with_earlier(path: str, rows: list[dict]) -> list[dict]:
 
 
 def variants_table(config, rows: list[dict]) -> str:
-    v = config.validate
+    st = config.student
     lines = [f"{config.data.name}, IPC {config.recover.ipc}, {config.recover.iterations} recovery "
-             f"iterations; every row: student {v.student_arch} width {v.student_width}, {v.epochs} "
-             f"epochs, seeds {list(v.seeds)} (mean ± std)", "",
+             f"iterations; every row: student {st.arch} width {st.width}, {st.epochs} "
+             f"epochs, seeds {list(config.validate.seeds)} (mean ± std)", "",
              "| method | student top-1 % | per seed | teacher acc. on images % |", "|---|---|---|---|"]
     for r in rows:
         tacc = "—" if r["teacher_acc_on_images"] is None else f"{r['teacher_acc_on_images']:.1f}"
@@ -122,12 +121,9 @@ def variants_table(config, rows: list[dict]) -> str:
 
 
 def main(argv):
-    del argv
-    parallel.maybe_initialize_distributed()
-    run_variants(_CONFIG.value, os.path.abspath(_WORKDIR.value), _EXTRA.value, _ONLY.value)
+    config, workdir = cli.setup(argv)
+    run_variants(config, workdir, _EXTRA.value, _ONLY.value)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    logging.set_verbosity(logging.WARNING)  # as main.py: Orbax logs every save at INFO
-    app.run(main)
+    cli.launch(main)

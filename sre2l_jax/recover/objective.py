@@ -1,6 +1,6 @@
 """The SRe²L recovery objective and optimizer for one batch (SPEC §2), free of I/O and devices.
 
-`recover.py` maps `run_iterations` over devices with shard_map; tests call these directly.
+`stage.py` maps `run_iterations` over devices with shard_map; tests call these directly.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sre2l_jax import augment
+from sre2l_jax import augment, configlib
 from sre2l_jax.models import STEM_BN, apply_with_bn_stats, with_winograd_kernels
 
 CROP_SCHEDULES = ("constant", "linear", "cosine", "step")
@@ -52,14 +52,8 @@ class RecoverHParams:
             raise ValueError(f"recover.crop_milestone must be in (0, 1], got {self.crop_milestone}")
 
     @classmethod
-    def from_config(cls, rc, data_cfg) -> RecoverHParams:
-        return cls(iterations=rc.iterations, lr=rc.lr, image_size=data_cfg.image_size,
-                   mean=tuple(data_cfg.mean), std=tuple(data_cfg.std), alpha_bn=rc.alpha_bn,
-                   first_bn_multiplier=rc.first_bn_multiplier, alpha_tv=rc.alpha_tv,
-                   alpha_l2=rc.alpha_l2, crop=rc.crop, crop_scale=tuple(rc.crop_scale),
-                   crop_schedule=rc.crop_schedule, crop_milestone=rc.crop_milestone,
-                   flip=rc.flip, jitter=tuple(rc.jitter), adam_b1=rc.adam_b1,
-                   adam_b2=rc.adam_b2, adam_eps=rc.adam_eps)
+    def from_config(cls, config) -> RecoverHParams:
+        return configlib.hparams(cls, config.recover, config.data)
 
 
 def bn_matching_loss(stats: list, first_bn_multiplier: float) -> jax.Array:
@@ -168,16 +162,15 @@ def teacher_index(t, num_teachers: int):
     return t % num_teachers
 
 
-def run_iterations(x, opt_state, labels, key, t0, t1, *, model, variables, hp: RecoverHParams):
+def run_iterations(x, opt_state, labels, key, t0, t1, *, models: tuple, variables: tuple,
+                   hp: RecoverHParams):
     """Iterations t0 ≤ t < t1 on one batch; returns (x, opt_state, metrics of the last iteration).
 
-    `model` and `variables` may be equal-length tuples of several teachers; iteration t then uses
-    teacher `teacher_index(t, n)` for both the CE and the BN-matching terms.
+    `models` and `variables` are equal-length tuples of the teachers (one for SRe²L); iteration t
+    uses teacher `teacher_index(t, n)` for both the CE and the BN-matching terms.
     """
-    models = model if isinstance(model, tuple) else (model,)
-    teachers = tuple(variables) if isinstance(model, tuple) else (variables,)
     model_input = (x.shape[0], hp.image_size, hp.image_size, x.shape[-1]) if hp.crop else x.shape
-    teachers = tuple(with_winograd_kernels(m, v, model_input) for m, v in zip(models, teachers))
+    teachers = tuple(with_winograd_kernels(m, v, model_input) for m, v in zip(models, variables))
     tx = optimizer(hp)
     lo, hi = pixel_bounds(hp)
 

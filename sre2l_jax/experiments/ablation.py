@@ -1,6 +1,6 @@
 r"""The paper's Table 3: image priors vs multi-crop optimization, same teacher, same student recipe.
 
-  python -m sre2l_jax.ablation --config=configs/fashion_mnist.py:all --workdir=workdirs/fashion_mnist
+  python -m sre2l_jax.experiments.ablation --config=configs/fashion_mnist.py:all --workdir=workdirs/fm
 
 Uses (or first trains) the squeezed model in WORKDIR/squeeze, then for each setting recovers, relabels
 and validates in WORKDIR/ablation/<setting>/, and writes WORKDIR/ablation/table.md plus one image grid
@@ -12,13 +12,10 @@ from __future__ import annotations
 import os
 
 import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-from sre2l_jax import checkpoint, parallel, report, run_all
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/fashion_mnist.py:all")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir holding (or receiving) squeeze/.")
+from sre2l_jax import main as cli
+from sre2l_jax import report, stages, teachers
+from sre2l_jax.stage_state import write_text_atomic
 
 TV, L2 = 1e-4, 1e-5
 # (name, alpha_tv, alpha_l2, multi-crop) — the rows of Table 3.
@@ -30,14 +27,14 @@ PAPER = {"tv+l2": (22.9, 29.9), "tv": (23.2, 29.9), "l2": (40.8, 30.1), "none": 
 
 def run_ablation(config, workdir: str) -> str:
     config.unlock()
-    run_all.run_stage_once(config, workdir, "squeeze")
+    stages.run_once(config, workdir, "squeeze")
     config.validate.baselines = ()  # the table compares recovery settings; baselines do not change
-    config.recover.teacher = config.recover.teacher or os.path.join(workdir, "squeeze", "model")
+    config.recover.teacher = teachers.default_path(config, workdir)
     rows = []
     for name, tv, l2, crop in SETTINGS:
         sub = os.path.join(workdir, "ablation", name)
         config.recover.alpha_tv, config.recover.alpha_l2, config.recover.crop = tv, l2, crop
-        summaries = {stage: run_all.run_stage_once(config, sub, stage)
+        summaries = {stage: stages.run_once(config, sub, stage)
                      for stage in ("recover", "relabel", "validate")}
         images, labels, names = report.synthetic_arrays(sub)
         report.image_grid(images, labels, names, os.path.join(workdir, "ablation", f"grid_{name}.png"),
@@ -45,7 +42,7 @@ def run_ablation(config, workdir: str) -> str:
         val = summaries["validate"]
         rows.append((name, val["top1"], val.get("top1_std"), summaries["recover"]["teacher_accuracy"]))
     lines = [f"Table 3 on {config.data.name}, IPC {config.recover.ipc}, {config.recover.iterations} "
-             f"iterations, student {config.validate.student_arch} "
+             f"iterations, student {config.student.arch} "
              f"(mean over seeds {list(config.validate.seeds)})",
              "", "| setting | student top-1 % | teacher acc. on images % | paper IN-1K | paper Tiny |",
              "|---|---|---|---|---|"]
@@ -54,19 +51,15 @@ def run_ablation(config, workdir: str) -> str:
         lines.append(f"| {name} | {top1:.2f}{std_s} | {tacc:.1f} | {PAPER[name][0]} | {PAPER[name][1]} |")
     table = "\n".join(lines) + "\n"
     if jax.process_index() == 0:
-        checkpoint.write_text_atomic(os.path.join(workdir, "ablation", "table.md"), table)
+        write_text_atomic(os.path.join(workdir, "ablation", "table.md"), table)
     print(table, flush=True)
     return table
 
 
 def main(argv):
-    del argv
-    parallel.maybe_initialize_distributed()
-    run_ablation(_CONFIG.value, os.path.abspath(_WORKDIR.value))
+    config, workdir = cli.setup(argv)
+    run_ablation(config, workdir)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
-    logging.set_verbosity(logging.WARNING)  # as main.py: Orbax logs every save at INFO
-    app.run(main)
-
+    cli.launch(main)

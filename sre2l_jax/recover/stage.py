@@ -1,0 +1,229 @@
+"""Stage 2, recover: synthesize IPC images per class from the frozen squeezed model (SPEC §2).
+
+All batches of a run form one job list (`plan.py`). Each round runs one independent batch per
+device (times `batches_per_device`) under `jax.shard_map` over every device of every host; BN
+statistics are over that device's batch only, as with the authors' single-GPU loop. Noise and
+augmentation randomness come from (seed, class, ipc, iteration), so the images do not depend on
+where a batch runs. In-flight rounds are checkpointed with Orbax; finished batches are recorded in
+`progress.json` and skipped on restart.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
+
+from sre2l_jax import checkpoint, parallel, stage_state, teachers
+from sre2l_jax.formats import images as image_files
+from sre2l_jax.metrics import MetricsLog
+from sre2l_jax.recover import objective, plan, real_init
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def settings(config) -> dict:
+    return stage_state.settings(config, "data", "recover")
+
+
+def compute_dtype(rc):
+    """The teacher's compute dtype during recovery (`recover.compute_dtype`)."""
+    if rc.compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"unknown recover.compute_dtype {rc.compute_dtype!r}; "
+                         f"known: {sorted(COMPUTE_DTYPES)}")
+    return COMPUTE_DTYPES[rc.compute_dtype]
+
+
+def _score_fn(mesh, model, hp: objective.RecoverHParams):
+    """shard_map'd final scores of a round's images under `model` (the teacher or the verifier)."""
+    data, rep = P(parallel.DATA_AXIS), P()
+
+    def score_local(x, classes, variables):
+        return jax.vmap(lambda xx, c: objective.final_scores(xx, c, model, variables, hp))(x, classes)
+
+    return jax.jit(jax.shard_map(score_local, mesh=mesh, in_specs=(data, data, rep), out_specs=data))
+
+
+def _round_fns(mesh, models: tuple, hp: objective.RecoverHParams, seed: int):
+    """shard_map'd init / iterate functions over the leading (parallel batch) axis."""
+    data, rep = P(parallel.DATA_AXIS), P()
+    shape = (hp.image_size, hp.image_size, len(hp.mean))
+    tx = objective.optimizer(hp)
+
+    def init_local(classes, ipcs):
+        x = jax.vmap(lambda c, k: objective.init_images(seed, c, k, shape))(classes, ipcs)
+        return x, jax.vmap(tx.init)(x)
+
+    def iterate_local(x, opt_state, classes, ipcs, variables, t0, t1):
+        def one(x, o, c, k):
+            key = objective.batch_key(seed, c[0], k[0])
+            return objective.run_iterations(x, o, c, key, t0, t1, models=models,
+                                            variables=variables, hp=hp)
+        return jax.vmap(one)(x, opt_state, classes, ipcs)
+
+    smap = functools.partial(jax.shard_map, mesh=mesh)
+    noise_init = jax.jit(smap(init_local, in_specs=(data, data), out_specs=data))
+    given_init = jax.jit(smap(lambda x: (x, jax.vmap(tx.init)(x)), in_specs=(data,), out_specs=data))
+
+    def init(classes, ipcs, start=None):
+        return noise_init(classes, ipcs) if start is None else given_init(start)
+
+    iterate = jax.jit(smap(iterate_local, in_specs=(data, data, data, data, rep, rep, rep),
+                           out_specs=data), donate_argnums=(0, 1))
+    return init, iterate
+
+
+class _Recovery:
+    """What every round of one run shares: compiled functions, teachers on the mesh, outputs."""
+
+    def __init__(self, config, stage_dir: str, model: teachers.Teachers, todo: list[plan.Batch],
+                 n_images: int):
+        rc = config.recover
+        self.config, self.rc, self.stage_dir = config, rc, stage_dir
+        self.hp = objective.RecoverHParams.from_config(config)
+        self.mesh = parallel.make_mesh(config.num_devices)
+        self.slots = self.mesh.devices.size * rc.batches_per_device
+        self.init, self.iterate = _round_fns(self.mesh, model.models, self.hp, config.seed)
+        self.score = _score_fn(self.mesh, model.models[0], self.hp)
+        self.teacher_vars = parallel.replicate(self.mesh, model.variables)
+        self.start = None
+        if rc.init != "noise":
+            self.start = real_init.start_images(config, model.models[0], model.variables[0],
+                                                [(c, k) for b in todo for c, k in zip(b.classes, b.ipcs)])
+        self.verifier = None
+        if rc.verifier:
+            v = teachers.load_one(rc.verifier, config.data, "verifier")
+            self.verifier = (_score_fn(self.mesh, v.models[0], self.hp),
+                             parallel.replicate(self.mesh, v.variables[0]))
+        names = model.meta.get("class_names") or [str(i) for i in range(config.data.num_classes)]
+        self.folders = image_files.class_folder_names(list(names))
+        self.mngr = checkpoint.manager(os.path.join(stage_dir, "checkpoints"), max_to_keep=1)
+        self.rounds = plan.rounds(todo, self.slots)
+        self.log = MetricsLog(stage_dir, total_steps=len(self.rounds) * self.hp.iterations,
+                              stage="recover")
+        self.n_images = n_images
+        self.images_done = n_images - sum(len(b.classes) for b in todo)
+
+    def _placed(self, padded: list[plan.Batch]):
+        classes = parallel.shard_host_identical(self.mesh, np.asarray([b.classes for b in padded], np.int32))
+        ipcs = parallel.shard_host_identical(self.mesh, np.asarray([b.ipcs for b in padded], np.int32))
+        x0 = None if self.start is None else parallel.shard_host_identical(self.mesh, np.stack(
+            [np.stack([self.start.image(ck) for ck in zip(b.classes, b.ipcs)]) for b in padded]))
+        return classes, ipcs, x0
+
+    def run_round(self, r: int, jobs: list[plan.Batch], finished_batches: int) -> dict[int, list]:
+        """Recover one round's batches from their start (or checkpoint); returns their records."""
+        hp = self.hp
+        padded = jobs + [jobs[-1]] * (self.slots - len(jobs))  # idle devices redo a job; dropped
+        classes, ipcs, x0 = self._placed(padded)
+        x, opt_state = self.init(classes, ipcs, x0)
+        t, round_ids = 0, [b.index for b in padded]
+        latest = checkpoint.latest_extra(self.mngr)
+        if latest is not None and latest[1].get("round_ids") == round_ids:
+            _, (x, opt_state), extra = checkpoint.restore_state(self.mngr, (x, opt_state), latest[0])
+            t = extra["t"]
+            print(f"recover: resumed batches {[b.index for b in jobs]} at iteration {t}", flush=True)
+        chunk = max(1, min(self.config.log_every_steps, self.rc.checkpoint_every, hp.iterations))
+        while t < hp.iterations:
+            t1 = min(hp.iterations, (t // chunk + 1) * chunk)
+            x, opt_state, metrics = self.iterate(x, opt_state, classes, ipcs, self.teacher_vars,
+                                                 jnp.int32(t), jnp.int32(t1))
+            t = t1
+            m = jax.tree.map(lambda a: float(np.mean(np.asarray(a)[:len(jobs)])),
+                             multihost_utils.process_allgather(metrics, tiled=True))
+            self.log.write(r * hp.iterations + t, **m, lr=float(objective.cosine_lr(hp)(t - 1)),
+                           images_done=self.images_done, images_total=self.n_images)
+            if t % self.rc.checkpoint_every == 0 and t < hp.iterations:
+                # The step only has to grow across restarts: finished batches never shrink.
+                checkpoint.save_state(self.mngr, finished_batches * hp.iterations + t, (x, opt_state),
+                                      {"round_ids": round_ids, "t": t}, force=True)
+        records = self._finish_round(jobs, x, classes)
+        self.images_done += sum(len(b.classes) for b in jobs)
+        return records
+
+    def _write_images(self, jobs: list[plan.Batch], x) -> None:
+        """Write the images of the batches this host's devices ran."""
+        rc = self.rc
+        for shard in x.addressable_shards:
+            start = shard.index[0].start or 0
+            for offset, images in enumerate(np.asarray(shard.data)):
+                if start + offset >= len(jobs):
+                    continue
+                batch = jobs[start + offset]
+                for c, k, img, raw in zip(batch.classes, batch.ipcs,
+                                          objective.to_uint8(images, self.hp), images):
+                    path = os.path.join(self.stage_dir, "images", image_files.image_file(
+                        self.folders[c], k, rc.ipc, rc.image_format))
+                    image_files.save_image(path, img, rc.jpeg_quality)
+                    if rc.save_float:
+                        image_files.save_float(path, raw)
+
+    def _finish_round(self, jobs: list[plan.Batch], x, classes) -> dict[int, list]:
+        """Score the final images, write this host's files, return every job's per-image records."""
+        scores = multihost_utils.process_allgather(self.score(x, classes, self.teacher_vars[0]),
+                                                   tiled=True)
+        v_pred = None
+        if self.verifier is not None:
+            v_score, v_vars = self.verifier
+            v_pred = multihost_utils.process_allgather(v_score(x, classes, v_vars), tiled=True)["pred"]
+        self._write_images(jobs, x)
+        records = {}
+        for slot, batch in enumerate(jobs):
+            records[batch.index] = [
+                {"class": c, "ipc": k,
+                 "file": image_files.image_file(self.folders[c], k, self.rc.ipc, self.rc.image_format),
+                 "ce": float(scores["ce"][slot][i]), "bn_loss": float(scores["bn"][slot][i]),
+                 "teacher_pred": int(scores["pred"][slot][i]),
+                 **({"init_sources": self.start.sources[(c, k)]} if self.start is not None else {}),
+                 **({"verifier_pred": int(v_pred[slot][i])} if v_pred is not None else {})}
+                for i, (c, k) in enumerate(zip(batch.classes, batch.ipcs))]
+        multihost_utils.sync_global_devices("recover_round_written")
+        return records
+
+    def close(self) -> None:
+        self.mngr.wait_until_finished()
+        self.mngr.close()
+
+
+def run(config, workdir: str) -> dict:
+    """Recover the configured batches into `workdir/recover/images` and write the manifest."""
+    stage_dir = os.path.join(workdir, "recover")
+    model = teachers.load(config, workdir).with_dtype(compute_dtype(config.recover))
+    everything, batches = plan.configured_batches(config)
+    inputs = {"teachers": model.fingerprint()}
+    stage_state.Claim(stage_dir, {**settings(config), "inputs": inputs}, "recovered images").take()
+    progress = stage_state.Progress(os.path.join(stage_dir, "progress.json"))
+    todo = [b for b in batches if str(b.index) not in progress.done]
+    recovery = _Recovery(config, stage_dir, model, todo, sum(len(b.classes) for b in batches))
+    t_start = time.time()
+    for r, jobs in enumerate(recovery.rounds):
+        records = recovery.run_round(r, jobs, len(progress.done))
+        for b in jobs:
+            progress.finish(str(b.index), records[b.index])
+    recovery.close()
+    # The manifest covers every finished batch, so runs over ipc/class ranges fill in one set.
+    entries = [e for b in everything if str(b.index) in progress.done for e in progress.done[str(b.index)]]
+    summary = {**_summary(entries, model.paths[0], time.time() - t_start),
+               "image_dir": os.path.join(stage_dir, "images")}
+    if jax.process_index() == 0:
+        image_files.write_manifest(stage_dir, {"config": config.to_dict(), "summary": summary,
+                                               "class_folders": recovery.folders, "images": entries})
+    logging.info("recover: %s", summary)
+    return summary
+
+
+def _summary(entries: list[dict], teacher_path: str, seconds: float) -> dict:
+    accuracy = lambda key: 100.0 * float(np.mean([e[key] == e["class"] for e in entries]))
+    summary = {"images": len(entries), "teacher_accuracy": accuracy("teacher_pred"),
+               "mean_final_ce": float(np.mean([e["ce"] for e in entries])),
+               "seconds_this_run": seconds, "teacher": teacher_path}
+    if entries and "verifier_pred" in entries[0]:
+        summary["verifier_accuracy"] = accuracy("verifier_pred")
+    return summary

@@ -1,0 +1,1 @@
+"""The student recipe relabel and validate share: batch plans, losses, jitted training steps."""

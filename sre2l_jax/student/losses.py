@@ -1,0 +1,24 @@
+"""The student's losses: distillation from soft labels, cross-entropy on mixed hard labels."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, tau: float,
+            tau2_factor: bool) -> jax.Array:
+    """KLDiv(batchmean)(log_softmax(s/τ), softmax(t/τ)), × τ² when `tau2_factor`."""
+    p = jax.nn.softmax(teacher_logits / tau, axis=-1)
+    log_q = jax.nn.log_softmax(student_logits / tau, axis=-1)
+    # xlogy: classes a top-k target gives zero mass contribute 0, not 0·(-inf).
+    loss = jnp.sum(jax.scipy.special.xlogy(p, p) - p * log_q) / student_logits.shape[0]
+    return loss * tau**2 if tau2_factor else loss
+
+
+def hard_loss(logits: jax.Array, labels: jax.Array, plan: dict) -> jax.Array:
+    """Cross-entropy with the labels mixed by λ: λ·CE(y) + (1−λ)·CE(y[perm])."""
+    ce = optax.softmax_cross_entropy_with_integer_labels
+    lam = plan["lam"]
+    return jnp.mean(lam * ce(logits, labels) + (1.0 - lam) * ce(logits, labels[plan["perm"]]))

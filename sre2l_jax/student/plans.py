@@ -1,0 +1,121 @@
+"""What a student batch is: its images, order and augmentation plan, named by (seed, epoch, batch).
+
+A batch's image order comes from (seed, epoch) and its whole augmentation plan — per-image
+RandomResizedCrop boxes and flips, then one mixing partner permutation, λ and CutMix box for the
+batch — from a key derived from ids = (seed, epoch, batch index) alone. So an online run, the stored
+labels `relabel` writes for the same seed, and a run resumed from a checkpoint all see identical
+batches, and nothing depends on the device count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sre2l_jax import augment, configlib
+
+_INIT, _AUG = 0, 1  # fold_in tags keeping the student-init and augmentation streams apart
+MIXES = ("none", "cutmix", "mixup")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugSpec:
+    """How student batches are drawn and augmented: what stored labels replay (hashable: the
+    jitted steps close over it)."""
+
+    image_size: int
+    mean: tuple
+    std: tuple
+    crop_scale: tuple = (0.08, 1.0)
+    mix: str = "cutmix"
+    mix_alpha: float = 1.0
+    mix_prob: float = 1.0
+    batch_size: int = 1024
+    epochs: int = 300
+
+    def __post_init__(self):
+        if self.mix not in MIXES:
+            raise ValueError(f"student.mix must be one of {MIXES}, got {self.mix!r}")
+
+    @classmethod
+    def from_config(cls, config) -> AugSpec:
+        return configlib.hparams(cls, config.student, config.data)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order in which epoch `epoch` visits the n images."""
+    return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, end) of each batch; the last partial batch is kept, as PyTorch's DataLoader does."""
+    return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+
+
+def init_key(seed: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed), _INIT)
+
+
+def batch_key(ids: jax.Array) -> jax.Array:
+    """The augmentation key of batch ids = int32 (seed, epoch, batch index)."""
+    key = jax.random.fold_in(jax.random.key(ids[0]), _AUG)
+    return jax.random.fold_in(jax.random.fold_in(key, ids[1]), ids[2])
+
+
+def normalize(images: jax.Array, spec: AugSpec) -> jax.Array:
+    """uint8 → normalized float32 (images stay uint8 in device memory: 4× less than float)."""
+    mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
+    return images.astype(jnp.float32) * (1.0 / (255.0 * std)) - mean / std
+
+
+def mix_plan(key: jax.Array, n: int, spec: AugSpec) -> dict:
+    """One partner permutation, λ and CutMix box for the batch (λ = 1, empty box: no mixing)."""
+    if spec.mix == "none":
+        return {"perm": jnp.arange(n, dtype=jnp.int32), "lam": jnp.ones((), jnp.float32),
+                "box": jnp.zeros(4, jnp.int32)}
+    k_on, k_lam, k_perm, k_box = jax.random.split(key, 4)
+    perm = jax.random.permutation(k_perm, n).astype(jnp.int32)
+    on = jax.random.bernoulli(k_on, spec.mix_prob)
+    if spec.mix_alpha == 1.0:
+        # Beta(1, 1) is Uniform(0, 1); the uniform sampler compiles in a fraction of the time.
+        lam = jax.random.uniform(k_lam)
+    else:
+        lam = jax.random.beta(k_lam, spec.mix_alpha, spec.mix_alpha)
+    if spec.mix == "cutmix":
+        box = jnp.where(on, augment.cutmix_box(k_box, spec.image_size, spec.image_size, lam), 0)
+        box = box.astype(jnp.int32)
+        # The label weight is the pasted area's complement, not the sampled λ (timm/FKD).
+        lam = augment.cutmix_lambda(box, spec.image_size, spec.image_size)
+    else:
+        box = jnp.zeros(4, jnp.int32)
+        lam = jnp.where(on, lam, 1.0)
+    return {"perm": perm, "lam": lam.astype(jnp.float32), "box": box}
+
+
+def apply_plan(x: jax.Array, plan: dict, spec: AugSpec) -> jax.Array:
+    """Crops + flips per image, then the batch's mixing — the replay of a stored plan."""
+    x = augment.apply_crops(x, plan["boxes"], plan["flips"], spec.image_size)
+    if spec.mix == "cutmix":
+        x = augment.apply_cutmix(x, plan["perm"], plan["box"])
+    elif spec.mix == "mixup":
+        x = plan["lam"] * x + (1.0 - plan["lam"]) * x[plan["perm"]]
+    return x
+
+
+def make_plan(key: jax.Array, x: jax.Array, spec: AugSpec) -> dict:
+    """Draw a batch's full augmentation plan (boxes int32 (N,4), flips (N,), perm, lam, box)."""
+    k_crop, k_mix = jax.random.split(key)
+    # Only the parameters are kept; XLA drops the unused crops, and apply_plan redoes them, so
+    # the online and the stored path run the very same ops on the same numbers.
+    _, boxes, flips = augment.per_image_crops(k_crop, x, spec.image_size, spec.crop_scale)
+    return {"boxes": boxes, "flips": flips, **mix_plan(k_mix, x.shape[0], spec)}
+
+
+def augmented(images: jax.Array, idx: jax.Array, ids: jax.Array, spec: AugSpec):
+    """Batch `ids` of `images` at positions `idx`: normalized, its plan drawn and applied."""
+    x = normalize(images[idx], spec)
+    plan = make_plan(batch_key(ids), x, spec)
+    return apply_plan(x, plan, spec), plan

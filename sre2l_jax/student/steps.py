@@ -1,0 +1,134 @@
+"""The student's jitted steps: online soft labels, replayed stored labels, and labelling a batch.
+
+Steps are `jax.jit`s with explicit shardings (batch over the `data` axis, everything else
+replicated), so BatchNorm sees the global batch. Epoch and batch index are array arguments: one
+compile per batch shape, not per epoch or seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sre2l_jax import parallel
+from sre2l_jax.student.losses import hard_loss, kd_loss
+from sre2l_jax.student.plans import AugSpec, apply_plan, augmented, normalize
+from sre2l_jax.train_state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything static about one student training: the jitted steps close over it."""
+
+    student: Any
+    teacher: Any
+    tx: optax.GradientTransformation
+    spec: AugSpec
+    tau: float
+    tau2_factor: bool
+    logits_dtype: str = "float32"  # online mode: round teacher logits through this dtype
+
+
+def _update(state: TrainState, x: jax.Array, loss_of_logits: Callable, recipe: Recipe):
+    def loss_fn(params):
+        logits, updates = recipe.student.apply({"params": params, "batch_stats": state.batch_stats},
+                                               x, train=True, mutable=["batch_stats"])
+        return loss_of_logits(logits), updates["batch_stats"]
+
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = recipe.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(state.step + 1, params, batch_stats, opt_state), {"loss": loss}
+
+
+def teacher_logits(recipe: Recipe, teacher_vars: dict, x: jax.Array) -> jax.Array:
+    logits = recipe.teacher.apply(teacher_vars, x, train=False).astype(jnp.float32)
+    return logits.astype(recipe.logits_dtype).astype(jnp.float32)
+
+
+def online_step(state, teacher_vars, images, labels, idx, ids, soft, *, recipe: Recipe):
+    """Soft labels from the frozen teacher on this very batch, or (soft false) hard labels mixed by λ.
+
+    `soft` is a runtime flag, so the SRe²L run and the hard-label baselines share one compiled
+    step per batch shape; `lax.cond` skips the teacher's forward pass when it is false.
+    """
+    x, plan = augmented(images, idx, ids, recipe.spec)
+    shape = jax.eval_shape(lambda: teacher_logits(recipe, teacher_vars, x))
+    targets = jax.lax.cond(soft, lambda: teacher_logits(recipe, teacher_vars, x),
+                           lambda: jnp.zeros(shape.shape, shape.dtype))
+    targets = jax.lax.stop_gradient(targets)
+    hard_labels = labels[idx]
+    return _update(state, x, lambda s: jnp.where(
+        soft, kd_loss(s, targets, recipe.tau, recipe.tau2_factor), hard_loss(s, hard_labels, plan)),
+        recipe)
+
+
+def stored_step(state, images, idx, plan, targets, *, recipe: Recipe):
+    """Replay a stored plan with stored teacher logits (FKD-style relabelled training)."""
+    x = apply_plan(normalize(images[idx], recipe.spec), plan, recipe.spec)
+    return _update(state, x, lambda s: kd_loss(s, targets, recipe.tau, recipe.tau2_factor), recipe)
+
+
+def label_batch(teacher_vars, images, idx, ids, *, recipe: Recipe):
+    """What relabel stores for one batch: its plan and the teacher's float32 logits."""
+    x, plan = augmented(images, idx, ids, recipe.spec)
+    return plan, recipe.teacher.apply(teacher_vars, x, train=False).astype(jnp.float32)
+
+
+class Steps:
+    """The jitted steps of one recipe on one mesh, compiled once per batch shape and reused."""
+
+    def __init__(self, recipe: Recipe, mesh, state_sharding):
+        self.recipe, self.mesh = recipe, mesh
+        self.n_dev = mesh.devices.size
+        self.repl = parallel.replicated(mesh)
+        self.state_sharding = state_sharding
+        self._fns: dict = {}
+
+    def _batch_sharding(self, batch: int):
+        # A batch the devices cannot split evenly (a last partial batch) runs replicated: the same
+        # numbers on every device, still one global BN batch.
+        return parallel.batch_sharding(self.mesh) if batch % self.n_dev == 0 else self.repl
+
+    def place(self, array: np.ndarray) -> jax.Array:
+        """Put a host-identical per-example array on the mesh the way the steps expect it."""
+        array = np.asarray(array)
+        if array.shape[0] % self.n_dev == 0:
+            return parallel.shard_host_identical(self.mesh, array)
+        return parallel.replicate(self.mesh, array)
+
+    def _jit(self, name: str, batch: int, build: Callable):
+        key = (name, batch % self.n_dev == 0)
+        if key not in self._fns:
+            self._fns[key] = build(self._batch_sharding(batch))
+        return self._fns[key]
+
+    def online(self, state, teacher_vars, images, labels, idx, ids, soft: bool):
+        fn = self._jit("online", idx.shape[0], lambda b: jax.jit(
+            functools.partial(online_step, recipe=self.recipe),
+            in_shardings=(self.state_sharding, self.repl, self.repl, self.repl, b, self.repl,
+                          self.repl),
+            out_shardings=(self.state_sharding, self.repl), donate_argnums=(0,)))
+        return fn(state, teacher_vars, images, labels, idx, ids,
+                  parallel.replicate(self.mesh, np.asarray(soft)))
+
+    def stored(self, state, images, idx, plan, targets):
+        fn = self._jit("stored", idx.shape[0], lambda b: jax.jit(
+            functools.partial(stored_step, recipe=self.recipe),
+            in_shardings=(self.state_sharding, self.repl, b,
+                          {"boxes": b, "flips": b, "perm": b, "lam": self.repl, "box": self.repl}, b),
+            out_shardings=(self.state_sharding, self.repl), donate_argnums=(0,)))
+        return fn(state, images, idx, plan, targets)
+
+    def label(self, teacher_vars, images, idx, ids):
+        fn = self._jit("label", idx.shape[0], lambda b: jax.jit(
+            functools.partial(label_batch, recipe=self.recipe),
+            in_shardings=(self.repl, self.repl, b, self.repl), out_shardings=self.repl))
+        return fn(teacher_vars, images, idx, ids)
