@@ -1,8 +1,11 @@
 """Device mesh and the host-local ↔ global array plumbing every stage shares.
 
 One 1-D mesh axis, `data`, over every device of every host. Data-parallel steps (squeeze, students)
-shard the global batch over it under `jax.jit`, so BatchNorm sees the whole global batch and results
-do not depend on the device count. Recovery maps independent batches onto it with `jax.shard_map`.
+shard the global batch over it under `jax.jit`, so BatchNorm sees the whole global batch. Recovery
+runs independent batches: `PerDevice` runs one single-device program on every device's slice, so
+each batch goes through the same compiled computation whatever the mesh (under `shard_map` XLA's
+SPMD pipeline compiles the per-device body differently for 1 and for N devices: other fusions,
+other float rounding, images that drift apart over the iterations).
 """
 
 from __future__ import annotations
@@ -69,3 +72,55 @@ def replicate(mesh: Mesh, tree):
 def to_host(tree):
     """Fully-replicated or fully-addressable arrays → NumPy."""
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def local_devices(mesh: Mesh) -> list:
+    """This process's devices of `mesh`, in mesh order."""
+    return [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+
+
+def device_pieces(tree, mesh: Mesh) -> list:
+    """One pytree per local device of `mesh`: each global array leaf's shard on that device (a
+    replicated leaf gives that device's copy); other leaves are passed through."""
+    devices = local_devices(mesh)
+    leaves, treedef = jax.tree.flatten(tree)
+
+    def pieces(leaf):
+        if not isinstance(leaf, jax.Array):
+            return [leaf] * len(devices)
+        by_device = {s.device: s.data for s in leaf.addressable_shards}
+        return [by_device[d] for d in devices]
+
+    per_leaf = [pieces(leaf) for leaf in leaves]
+    return [jax.tree.unflatten(treedef, [p[i] for p in per_leaf]) for i in range(len(devices))]
+
+
+def from_device_pieces(pieces: list, mesh: Mesh):
+    """Inverse of `device_pieces` for data-sharded trees: per-device arrays → global arrays whose
+    leading axis is split over `data` in mesh order."""
+    flat = [jax.tree.flatten(p) for p in pieces]
+    treedef = flat[0][1]
+    sharding = batch_sharding(mesh)
+    leaves = []
+    for i, first in enumerate(flat[0][0]):
+        shape = (first.shape[0] * mesh.devices.size, *first.shape[1:])
+        leaves.append(jax.make_array_from_single_device_arrays(shape, sharding,
+                                                               [f[0][i] for f in flat]))
+    return jax.tree.unflatten(treedef, leaves)
+
+
+class PerDevice:
+    """`fn` jitted once as a single-device program and run on every local device's slice.
+
+    Called with global arrays (sharded over `data`, or replicated) and plain values; returns
+    global arrays sharded over `data`. Every device runs the identical compiled computation, on
+    any mesh, so a slice's result does not depend on how many devices or hosts share the work.
+    Calls are dispatched asynchronously, so the devices run in parallel.
+    """
+
+    def __init__(self, fn, donate_argnums=()):
+        self.fn = jax.jit(fn, donate_argnums=donate_argnums)
+
+    def __call__(self, mesh: Mesh, *args):
+        per_device = device_pieces(args, mesh)
+        return from_device_pieces([self.fn(*a) for a in per_device], mesh)

@@ -152,7 +152,8 @@ def results_table(workdir: str) -> str:
 
 
 def _variants_section(workdir: str) -> str:
-    """The table of `python -m sre2l_jax.experiments.variants` (same teacher, same student recipe), if it ran."""
+    """The table of `python -m sre2l_jax.experiments.variants` (same teacher, same student recipe),
+    if it ran."""
     results = read_json(os.path.join(workdir, "variants", "results.json"))
     if not results:
         return ""

@@ -1,16 +1,16 @@
 """Stage 2, recover: synthesize IPC images per class from the frozen squeezed model (SPEC §2).
 
 All batches of a run form one job list (`plan.py`). Each round runs one independent batch per
-device (times `batches_per_device`) under `jax.shard_map` over every device of every host; BN
-statistics are over that device's batch only, as with the authors' single-GPU loop. Noise and
-augmentation randomness come from (seed, class, ipc, iteration), so the images do not depend on
-where a batch runs. In-flight rounds are checkpointed with Orbax; finished batches are recorded in
-`progress.json` and skipped on restart.
+device (times `batches_per_device`) on every device of every host, each device running the same
+single-device program (`parallel.PerDevice`); BN statistics are over that device's batch only, as
+with the authors' single-GPU loop. Noise and augmentation randomness come from (seed, class, ipc,
+iteration), so the images do not depend on where, or beside how many others, a batch runs.
+In-flight rounds are checkpointed with Orbax; finished batches are recorded in `progress.json`
+and skipped on restart.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 
@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.sharding import PartitionSpec as P
 
 from sre2l_jax import checkpoint, parallel, stage_state, teachers
 from sre2l_jax.formats import images as image_files
@@ -41,24 +40,24 @@ def compute_dtype(rc):
     return COMPUTE_DTYPES[rc.compute_dtype]
 
 
-def _score_fn(mesh, model, hp: objective.RecoverHParams):
-    """shard_map'd final scores of a round's images under `model` (the teacher or the verifier)."""
-    data, rep = P(parallel.DATA_AXIS), P()
-
+def _score_fn(model, hp: objective.RecoverHParams) -> parallel.PerDevice:
+    """Final scores of a device's slots under `model` (the teacher or the verifier)."""
     def score_local(x, classes, variables):
         return jax.vmap(lambda xx, c: objective.final_scores(xx, c, model, variables, hp))(x, classes)
 
-    return jax.jit(jax.shard_map(score_local, mesh=mesh, in_specs=(data, data, rep), out_specs=data))
+    return parallel.PerDevice(score_local)
 
 
-def _round_fns(mesh, models: tuple, hp: objective.RecoverHParams, seed: int):
-    """shard_map'd init / iterate functions over the leading (parallel batch) axis."""
-    data, rep = P(parallel.DATA_AXIS), P()
+def _round_fns(models: tuple, hp: objective.RecoverHParams, seed: int):
+    """init / iterate of a device's slots (leading axis: the batches it runs this round)."""
     shape = (hp.image_size, hp.image_size, len(hp.mean))
     tx = objective.optimizer(hp)
 
     def init_local(classes, ipcs):
         x = jax.vmap(lambda c, k: objective.init_images(seed, c, k, shape))(classes, ipcs)
+        return x, jax.vmap(tx.init)(x)
+
+    def start_local(x):
         return x, jax.vmap(tx.init)(x)
 
     def iterate_local(x, opt_state, classes, ipcs, variables, t0, t1):
@@ -68,16 +67,12 @@ def _round_fns(mesh, models: tuple, hp: objective.RecoverHParams, seed: int):
                                             variables=variables, hp=hp)
         return jax.vmap(one)(x, opt_state, classes, ipcs)
 
-    smap = functools.partial(jax.shard_map, mesh=mesh)
-    noise_init = jax.jit(smap(init_local, in_specs=(data, data), out_specs=data))
-    given_init = jax.jit(smap(lambda x: (x, jax.vmap(tx.init)(x)), in_specs=(data,), out_specs=data))
+    noise_init, given_init = parallel.PerDevice(init_local), parallel.PerDevice(start_local)
 
-    def init(classes, ipcs, start=None):
-        return noise_init(classes, ipcs) if start is None else given_init(start)
+    def init(mesh, classes, ipcs, start=None):
+        return noise_init(mesh, classes, ipcs) if start is None else given_init(mesh, start)
 
-    iterate = jax.jit(smap(iterate_local, in_specs=(data, data, data, data, rep, rep, rep),
-                           out_specs=data), donate_argnums=(0, 1))
-    return init, iterate
+    return init, parallel.PerDevice(iterate_local, donate_argnums=(0, 1))
 
 
 class _Recovery:
@@ -90,8 +85,8 @@ class _Recovery:
         self.hp = objective.RecoverHParams.from_config(config)
         self.mesh = parallel.make_mesh(config.num_devices)
         self.slots = self.mesh.devices.size * rc.batches_per_device
-        self.init, self.iterate = _round_fns(self.mesh, model.models, self.hp, config.seed)
-        self.score = _score_fn(self.mesh, model.models[0], self.hp)
+        self.init, self.iterate = _round_fns(model.models, self.hp, config.seed)
+        self.score = _score_fn(model.models[0], self.hp)
         self.teacher_vars = parallel.replicate(self.mesh, model.variables)
         self.start = None
         if rc.init != "noise":
@@ -100,7 +95,7 @@ class _Recovery:
         self.verifier = None
         if rc.verifier:
             v = teachers.load_one(rc.verifier, config.data, "verifier")
-            self.verifier = (_score_fn(self.mesh, v.models[0], self.hp),
+            self.verifier = (_score_fn(v.models[0], self.hp),
                              parallel.replicate(self.mesh, v.variables[0]))
         names = model.meta.get("class_names") or [str(i) for i in range(config.data.num_classes)]
         self.folders = image_files.class_folder_names(list(names))
@@ -123,7 +118,7 @@ class _Recovery:
         hp = self.hp
         padded = jobs + [jobs[-1]] * (self.slots - len(jobs))  # idle devices redo a job; dropped
         classes, ipcs, x0 = self._placed(padded)
-        x, opt_state = self.init(classes, ipcs, x0)
+        x, opt_state = self.init(self.mesh, classes, ipcs, x0)
         t, round_ids = 0, [b.index for b in padded]
         latest = checkpoint.latest_extra(self.mngr)
         if latest is not None and latest[1].get("round_ids") == round_ids:
@@ -133,8 +128,8 @@ class _Recovery:
         chunk = max(1, min(self.config.log_every_steps, self.rc.checkpoint_every, hp.iterations))
         while t < hp.iterations:
             t1 = min(hp.iterations, (t // chunk + 1) * chunk)
-            x, opt_state, metrics = self.iterate(x, opt_state, classes, ipcs, self.teacher_vars,
-                                                 jnp.int32(t), jnp.int32(t1))
+            x, opt_state, metrics = self.iterate(self.mesh, x, opt_state, classes, ipcs,
+                                                 self.teacher_vars, np.int32(t), np.int32(t1))
             t = t1
             m = jax.tree.map(lambda a: float(np.mean(np.asarray(a)[:len(jobs)])),
                              multihost_utils.process_allgather(metrics, tiled=True))
@@ -167,12 +162,13 @@ class _Recovery:
 
     def _finish_round(self, jobs: list[plan.Batch], x, classes) -> dict[int, list]:
         """Score the final images, write this host's files, return every job's per-image records."""
-        scores = multihost_utils.process_allgather(self.score(x, classes, self.teacher_vars[0]),
-                                                   tiled=True)
+        scores = multihost_utils.process_allgather(
+            self.score(self.mesh, x, classes, self.teacher_vars[0]), tiled=True)
         v_pred = None
         if self.verifier is not None:
             v_score, v_vars = self.verifier
-            v_pred = multihost_utils.process_allgather(v_score(x, classes, v_vars), tiled=True)["pred"]
+            v_pred = multihost_utils.process_allgather(v_score(self.mesh, x, classes, v_vars),
+                                                       tiled=True)["pred"]
         self._write_images(jobs, x)
         records = {}
         for slot, batch in enumerate(jobs):
