@@ -83,6 +83,25 @@ def apply_crops(images: jax.Array, boxes: jax.Array, flips: jax.Array, size: int
     return maybe_flip(cropped, flips)
 
 
+def pad_crop_boxes(key: jax.Array, n: int, size: int, padding: int) -> jax.Array:
+    """RandomCrop(size, padding) offsets as boxes (top, left, size, size) in unpadded pixels:
+    top and left uniform in [-padding, padding] (torchvision's RandomCrop on the padded image)."""
+    offsets = jax.random.randint(key, (n, 2), -padding, padding + 1)
+    return jnp.concatenate([offsets, jnp.full((n, 2), size, offsets.dtype)], axis=1).astype(jnp.int32)
+
+
+def shift_crops(images: jax.Array, boxes: jax.Array, padding: int, fill: jax.Array) -> jax.Array:
+    """Crop each image at its box's (top, left) from the image padded with `fill` (per channel)."""
+    size = images.shape[1]
+    padded = jnp.pad(images - fill, ((0, 0), (padding, padding), (padding, padding), (0, 0))) + fill
+
+    def one(im, box):
+        return jax.lax.dynamic_slice(im, (box[0] + padding, box[1] + padding, 0),
+                                     (size, size, im.shape[-1]))
+
+    return jax.vmap(one)(padded, boxes)
+
+
 def cutmix_box(key: jax.Array, height: int, width: int, lam: jax.Array) -> jax.Array:
     """The CutMix rectangle (y1, x1, y2, x2) for mixing ratio `lam` (timm/FKD convention)."""
     k_y, k_x = jax.random.split(key)

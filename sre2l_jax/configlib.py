@@ -67,6 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
     d.eval_resize = 0  # resize shorter side to this, then center-crop image_size (0: resize to size)
     d.train_augment = "rrc_flip"  # none | flip | crop_flip | rrc_flip
     d.crop_padding = 4
+    # Train images held out of everything (squeeze, recovery, baselines) for choosing recipes:
+    # class-balanced, drawn from holdout_seed; every model reports its accuracy on them.
+    d.holdout = 0
+    d.holdout_seed = 0
     d.max_train_examples = 0  # 0 = all; runlocal uses a slice
     d.max_eval_examples = 0
 
@@ -144,11 +148,20 @@ def base_config() -> ml_collections.ConfigDict:
     st.lr = 1e-3
     st.momentum = 0.9
     st.weight_decay = 0.01
-    st.schedule = "cosine_epoch"  # cosine_epoch | cosine_step
+    st.schedule = "cosine_epoch"  # cosine_epoch | cosine_step | smooth_cosine | multistep
     st.warmup_epochs = 0
+    st.zeta = 2.0  # smooth_cosine: 0.5·(1+cos(π·epoch/(ζ·epochs))); ζ = 2 ends at half the lr
+    st.milestones = (0.8, 0.9, 0.95)  # multistep: fractions of the epochs where lr *= gamma
+    st.gamma = 0.5
+    st.loss = "kl"  # kl: KL(teacher/τ ‖ student/τ) | mse_ce: MSE to the teacher's logits + ce_weight·CE
     st.temperature = 20.0
     st.tau2_factor = False
+    st.ce_weight = 0.025
+    st.ema = 0.0  # EMA rate of the student's weights (0: off); evaluation then uses the EMA
+    st.crop = "rrc"  # rrc: RandomResizedCrop(crop_scale) | pad_crop: RandomCrop(crop_padding) | none
     st.crop_scale = (0.08, 1.0)
+    st.crop_padding = 4
+    st.flip = True
     st.mix = "cutmix"  # none | cutmix | mixup
     st.mix_alpha = 1.0
     st.mix_prob = 1.0
@@ -166,6 +179,9 @@ def base_config() -> ml_collections.ConfigDict:
     v.seeds = (0,)
     v.baselines = ("real_soft", "real_hard", "synthetic_hard")
     v.checkpoint_every_epochs = 50
+    # DD-Ranking's full-data hard-label accuracy: "teacher" uses the teacher's when the student
+    # has its architecture and width (the teacher is that model); "none" leaves HLR/LRS out.
+    v.full_data = "teacher"
     return c
 
 

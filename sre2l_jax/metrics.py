@@ -61,6 +61,11 @@ class MetricsLog:
         return line
 
 
+def mean_std_text(mean: float, std: float, n: int) -> str:
+    """`53.87 ± 1.20` over several seeds, `53.87 (1 seed)` for one: never a fake ± 0.00."""
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f} (1 seed)"
+
+
 def read_jsonl(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sre2l_jax import conv
+from sre2l_jax import conv, norm
 
 BN_STATS = "bn_stats"
 WINOGRAD = "winograd"  # collection of transformed conv kernels, see with_winograd_kernels
@@ -45,6 +45,11 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
 
+        training = not self.use_running_average and not self.is_initializing()
+        if training and not self.is_mutable_collection(BN_STATS):
+            y, mean, var = norm.batch_norm_train(x.astype(jnp.float32), scale, bias, self.epsilon)
+            self._update_running(ra_mean, ra_var, mean, var, x.size // features)
+            return y.astype(self.dtype)
         needs_batch_stats = not self.use_running_average or self.is_mutable_collection(BN_STATS)
         if needs_batch_stats:
             x32 = x.astype(jnp.float32)
@@ -58,14 +63,17 @@ class BatchNorm(nn.Module):
 
         if self.use_running_average:
             mean, var = ra_mean.value, ra_var.value
-        elif not self.is_initializing():
-            n = x.size // features
-            unbiased = var * (n / max(n - 1, 1))
-            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-            ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+        elif training:
+            self._update_running(ra_mean, ra_var, mean, var, x.size // features)
         inv = jax.lax.rsqrt(var + self.epsilon) * scale
         y = (x.astype(jnp.float32) - mean) * inv + bias
         return y.astype(self.dtype)
+
+    def _update_running(self, ra_mean, ra_var, mean, var, n: int) -> None:
+        """PyTorch's running statistics: the variance enters as the unbiased estimate."""
+        unbiased = var * (n / max(n - 1, 1))
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
 
 
 class Conv(nn.Module):

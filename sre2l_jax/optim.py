@@ -32,6 +32,36 @@ def cosine_with_warmup(base_lr: float, total_epochs: int, steps_per_epoch: int,
     return schedule
 
 
+SCHEDULES = ("cosine_epoch", "cosine_step", "smooth_cosine", "multistep")
+
+
+def make_schedule(kind: str, base_lr: float, epochs: int, steps_per_epoch: int, *,
+                  warmup_epochs: int = 0, zeta: float = 2.0, milestones=(0.8, 0.9, 0.95),
+                  gamma: float = 0.5) -> Callable:
+    """lr(step) of a named schedule.
+
+    cosine_epoch / cosine_step: warmup, then a cosine to 0, stepped per epoch / per step.
+    smooth_cosine: EDC's smoothed cosine, per epoch: 0.5·(1+cos(π·e/(ζ·E)))·lr, so ζ = 2 ends at
+      0.5·lr (RDED's student schedule); no warmup.
+    multistep: lr × gamma at each milestone (fractions of the epochs), per epoch (EDC's CIFAR-10
+      student: 0.8, 0.9, 0.95 of 1000 epochs, gamma 0.5).
+    """
+    if kind in ("cosine_epoch", "cosine_step"):
+        return cosine_with_warmup(base_lr, epochs, steps_per_epoch, warmup_epochs,
+                                  per_epoch=kind == "cosine_epoch")
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule {kind!r}; known: {SCHEDULES}")
+    bounds = jnp.asarray([math.floor(m * epochs + 0.5) for m in milestones], jnp.float32)
+
+    def schedule(step):
+        epoch = jnp.floor(jnp.asarray(step, jnp.float32) / steps_per_epoch)
+        if kind == "smooth_cosine":
+            return base_lr * 0.5 * (1 + jnp.cos(math.pi * jnp.minimum(epoch / (zeta * epochs), 1.0)))
+        return base_lr * gamma ** jnp.sum(epoch >= bounds)
+
+    return schedule
+
+
 def kernel_mask(params) -> object:
     """True for tensors with ndim > 1 (conv and dense kernels), False for BN scales and biases."""
     return jax.tree.map(lambda p: p.ndim > 1, params)

@@ -20,6 +20,17 @@ from jax.sharding import PartitionSpec as P
 DATA_AXIS = "data"
 
 
+def training_compiler_options() -> dict | None:
+    """XLA options for the training steps (squeeze, students): on CPU, XLA's own Eigen
+    convolutions and loops instead of the YNNPACK/XNNPACK library fusions, which are slower for
+    the small-channel convolutions and their weight gradients here (a width-8 ResNet-18 squeeze
+    step at 28², batch 256: 163 → 135 ms; benchmarks/RESULTS.md). Recovery keeps the defaults:
+    there they are faster."""
+    if jax.default_backend() != "cpu":
+        return None
+    return {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_xnnpack": False}
+
+
 def maybe_initialize_distributed() -> None:
     """Join a multi-host job when the launcher says so (coordinator env vars or a TPU pod)."""
     if os.environ.get("SRE2L_COORDINATOR"):

@@ -21,7 +21,7 @@ from sre2l_jax import teachers
 from sre2l_jax.data import sources
 from sre2l_jax.data.transforms import resize_image
 from sre2l_jax.formats import images as image_files
-from sre2l_jax.metrics import read_jsonl
+from sre2l_jax.metrics import mean_std_text, read_jsonl
 from sre2l_jax.stage_state import read_json, write_text_atomic
 
 
@@ -123,32 +123,79 @@ def loss_curves(workdir: str, path: str) -> None:
     plt.close(fig)
 
 
-def results_rows(workdir: str) -> list[tuple[str, str]]:
-    """(what, top-1) rows from the stage summaries that exist."""
+def _entry_text(entry: dict, n_seeds: int, key: str = "top1") -> str:
+    if key not in entry:
+        return "—"
+    return mean_std_text(entry[key], entry.get(f"{key}_std", 0.0), n_seeds)
+
+
+def results_rows(workdir: str) -> list[tuple[str, str, str]]:
+    """(what, test top-1, holdout top-1) rows from the stage summaries that exist."""
     rows = []
     squeeze = read_json(os.path.join(workdir, "squeeze", "summary.json"))
     if squeeze and squeeze.get("top1") is not None:
-        rows.append(("teacher (squeezed model), real test set", f"{squeeze['top1']:.2f}"))
+        holdout = squeeze.get("holdout_top1")
+        rows.append(("teacher (squeezed model)", f"{squeeze['top1']:.2f}",
+                     "—" if holdout is None else f"{holdout:.2f}"))
     recover = read_json(os.path.join(workdir, "recover", "manifest.json"))
     if recover:
-        rows.append(("teacher on its recovered images", f"{recover['summary']['teacher_accuracy']:.1f}"))
+        rows.append(("teacher on its recovered images", f"{recover['summary']['teacher_accuracy']:.1f}", "—"))
     val = read_json(os.path.join(workdir, "validate", "summary.json"))
     if val:
-        std = val.get("top1_std")
+        n = len(val.get("seeds") or [0])
         rows.append((f"SRe²L student ({val.get('student')}, IPC {val.get('ipc')}, soft labels)",
-                     f"{val['top1']:.2f}" + (f" ± {std:.2f}" if std is not None else "")))
+                     _entry_text(val, n), _entry_text(val, n, "holdout_top1")))
         for name in val.get("baselines") or ():
-            entry = val[name]
-            rows.append((f"baseline {name}", f"{entry['top1']:.2f} ± {entry.get('top1_std', 0):.2f}"))
+            rows.append((f"baseline {name}", _entry_text(val[name], n),
+                         _entry_text(val[name], n, "holdout_top1")))
+        for key, what in (("ior", "DD-Ranking IOR (SRe²L − real_soft, points)"),
+                          ("hlr", "DD-Ranking HLR (full data − SRe²L images, hard labels, points)"),
+                          ("lrs", "DD-Ranking LRS (0-1, higher is better)")):
+            value = (val.get("dd_ranking") or {}).get(key)
+            if value is not None:
+                rows.append((what, f"{value:+.2f}" if key != "lrs" else f"{value:.4f}", "—"))
     return rows
 
 
 def results_table(workdir: str) -> str:
     rows = results_rows(workdir)
     width = max([len(r[0]) for r in rows] + [10])
-    lines = [f"{'result':<{width}}  top-1 %", "-" * (width + 10)]
-    lines += [f"{what:<{width}}  {value}" for what, value in rows]
+    lines = [f"{'result':<{width}}  {'test top-1 %':<16}  holdout top-1 %", "-" * (width + 36)]
+    lines += [f"{what:<{width}}  {test:<16}  {holdout}" for what, test, holdout in rows]
     return "\n".join(lines)
+
+
+def per_class_plot(workdir: str, names: list[str], path: str) -> bool:
+    """Per-class test accuracy of the SRe²L student beside the random-real (soft) student."""
+    val = read_json(os.path.join(workdir, "validate", "summary.json"))
+    if not val or "real_soft" not in val or "per_class_top1" not in val:
+        return False
+    entries = [("SRe²L", val["per_class_top1"]), ("random real, soft", val["real_soft"]["per_class_top1"])]
+    xs = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 3.5))
+    for i, (label, accs) in enumerate(entries):
+        ax.bar(xs + (i - 0.5) * 0.4, [a or 0 for a in accs], 0.4, label=label)
+    ax.set_xticks(xs, [n[:12] for n in names], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("test top-1 %")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def real_subset_grid(config, workdir: str, labels: np.ndarray, names: list[str], path: str) -> bool:
+    """The random real subset the `real_*` baselines of the first seed train on, as a grid."""
+    from sre2l_jax import validate
+
+    if not set(config.validate.baselines) & {"real_soft", "real_hard"}:
+        return False
+    counts = np.bincount(labels, minlength=config.data.num_classes)
+    source = sources.build_source(config.data, "train")
+    images, real_labels = validate.real_subset(source, counts, config.validate.seeds[0],
+                                               config.data.image_size)
+    image_grid(images, real_labels, names, path, title="random real subset (the baselines' images)")
+    return True
 
 
 def _variants_section(workdir: str) -> str:
@@ -158,7 +205,8 @@ def _variants_section(workdir: str) -> str:
     if not results:
         return ""
     rows = "".join(
-        f"<tr><td>{html.escape(r['name'])}</td><td>{r['top1']:.2f} ± {r['top1_std']:.2f}</td>"
+        f"<tr><td>{html.escape(r['name'])}</td>"
+        f"<td>{mean_std_text(r['top1'], r['top1_std'], len(r['per_seed']))}</td>"
         f"<td>{', '.join(f'{t:.2f}' for t in r['per_seed'])}</td></tr>" for r in results)
     names = [r["name"] for r in results
              if os.path.exists(os.path.join(workdir, "variants", f"grid_{r['name']}.png"))]
@@ -175,16 +223,22 @@ def write_report(config, workdir: str) -> str:
     images, labels, names = synthetic_arrays(workdir)
     image_grid(images, labels, names, os.path.join(out, "grid.png"),
                title=f"SRe²L synthetic images, {config.data.name}")
+    real = real_subset_grid(config, workdir, labels, names, os.path.join(out, "real_grid.png"))
+    per_class = per_class_plot(workdir, names, os.path.join(out, "per_class.png"))
     tsne_plot(config, workdir, images, labels, names, os.path.join(out, "tsne.png"))
     loss_curves(workdir, os.path.join(out, "curves.png"))
-    rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td></tr>"
-                   for a, b in results_rows(workdir))
+    rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
+                   for a, b, c in results_rows(workdir))
+    grids = '<img src="grid.png" alt="grid" style="max-width:49%">' + (
+        '<img src="real_grid.png" alt="random real subset" style="max-width:49%">' if real else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>SRe²L report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{max-width:100%}}
 td,th{{padding:4px 12px;border-bottom:1px solid #ddd}}</style></head><body>
 <h1>SRe²L on {html.escape(config.data.name)}</h1>
-<h2>Results</h2><table><tr><th>result</th><th>top-1 %</th></tr>{rows}</table>
-<h2>Synthetic images (one row per class)</h2><img src="grid.png" alt="grid">
+<h2>Results</h2><table><tr><th>result</th><th>test top-1 %</th><th>holdout top-1 %</th></tr>{rows}
+</table>
+<h2>Synthetic images (left) and the random real subset of the baselines (right)</h2>{grids}
+{'<h2>Per-class test accuracy</h2><img src="per_class.png" alt="per class">' if per_class else ""}
 <h2>t-SNE of teacher features</h2><img src="tsne.png" alt="t-SNE">
 <h2>Loss curves</h2><img src="curves.png" alt="curves">
 {_variants_section(workdir)}

@@ -88,6 +88,7 @@ class _Trainer:
         self.mesh = parallel.make_mesh(config.num_devices)
         self.train_src = sources.build_source(dc, dc.train_split)
         self.eval_src = sources.build_source(dc, dc.eval_split)
+        self.holdout_src = sources.build_source(dc, sources.HOLDOUT) if dc.holdout else None
         self.steps_per_epoch = pipeline.steps_per_epoch(len(self.train_src), sc.batch_size)
         self.total_steps = sc.max_steps or sc.epochs * self.steps_per_epoch
         self.model = create_model(config.model.arch, dc.num_classes, config.model.width,
@@ -101,7 +102,8 @@ class _Trainer:
         self.step_fn = jax.jit(functools.partial(train_step, model=self.model, tx=self.tx,
                                                  label_smoothing=sc.label_smoothing),
                                in_shardings=(self.state_sharding, parallel.batch_sharding(self.mesh)),
-                               out_shardings=(self.state_sharding, repl), donate_argnums=(0,))
+                               out_shardings=(self.state_sharding, repl), donate_argnums=(0,),
+                               compiler_options=parallel.training_compiler_options())
 
     def init_state(self) -> TrainState:
         variables = init_variables(self.model, jax.random.key(self.config.seed),
@@ -109,8 +111,9 @@ class _Trainer:
         return TrainState(jnp.zeros((), jnp.int32), variables["params"],
                           variables["batch_stats"], self.tx.init(variables["params"]))
 
-    def evaluate(self, state: TrainState) -> dict:
-        return evaluate.evaluate(self.model, state.variables, self.dc, self.eval_src, self.mesh)
+    def evaluate(self, state: TrainState, source=None) -> dict:
+        return evaluate.evaluate(self.model, state.variables, self.dc, source or self.eval_src,
+                                 self.mesh)
 
 
 def _train(config, stage_dir: str) -> dict:
@@ -146,6 +149,9 @@ def _train(config, stage_dir: str) -> dict:
     final = history[-1] if history else tr.evaluate(state)
     checkpoint.save_model(os.path.join(stage_dir, "model"), parallel.to_host(state.variables),
                           model_meta(config, tr.train_src, final["top1"], "squeeze"))
-    return {"top1": final["top1"], "top5": final["top5"], "steps": tr.total_steps,
-            "epochs": tr.total_steps / tr.steps_per_epoch, "seconds_this_run": time.time() - t_start,
-            "history": history}
+    summary = {"top1": final["top1"], "top5": final["top5"], "steps": tr.total_steps,
+               "epochs": tr.total_steps / tr.steps_per_epoch, "seconds_this_run": time.time() - t_start,
+               "history": history}
+    if tr.holdout_src is not None:
+        summary["holdout_top1"] = tr.evaluate(state, tr.holdout_src)["top1"]
+    return summary

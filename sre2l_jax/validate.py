@@ -25,12 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from sre2l_jax import checkpoint, evaluate, optim, parallel, stage_state, teachers
+from sre2l_jax import checkpoint, ddranking, evaluate, optim, parallel, stage_state, teachers
 from sre2l_jax.data import sources
 from sre2l_jax.data.transforms import EvalResize
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.formats.labels import StoredLabels
-from sre2l_jax.metrics import MetricsLog
+from sre2l_jax.metrics import MetricsLog, mean_std_text
 from sre2l_jax.models import create_model
 from sre2l_jax.student import plans
 from sre2l_jax.student.steps import Recipe, Steps
@@ -94,12 +94,14 @@ class _Students:
         self.bounds = plans.batch_bounds(num_images, st.batch_size)
         self.num_images = num_images
         self.model = create_model(st.arch, d.num_classes, st.width, model.meta["stem"])
-        self.schedule = optim.cosine_with_warmup(st.lr, st.epochs, len(self.bounds), st.warmup_epochs,
-                                                 per_epoch=st.schedule == "cosine_epoch")
+        self.schedule = optim.make_schedule(st.schedule, st.lr, st.epochs, len(self.bounds),
+                                            warmup_epochs=st.warmup_epochs, zeta=st.zeta,
+                                            milestones=tuple(st.milestones), gamma=st.gamma)
         self.tx = optim.make_optimizer(st.optimizer, self.schedule, momentum=st.momentum,
                                        weight_decay=st.weight_decay)
         recipe = Recipe(self.model, model.ensemble, self.tx, self.spec, float(st.temperature),
-                        bool(st.tau2_factor), str(st.teacher_logits_dtype))
+                        bool(st.tau2_factor), str(st.teacher_logits_dtype), st.loss,
+                        float(st.ce_weight), float(st.ema))
         repl = parallel.replicated(self.mesh)
         self.state_sharding = jax.tree.map(lambda _: repl, jax.eval_shape(self._init_state,
                                                                            plans.init_key(0)))
@@ -110,6 +112,7 @@ class _Students:
         self.steps = Steps(recipe, self.mesh, self.state_sharding)
         self.teacher_vars = parallel.replicate(self.mesh, model.variables)
         self.eval_source = sources.build_source(d, d.eval_split)
+        self.holdout_source = sources.build_source(d, sources.HOLDOUT) if d.holdout else None
         self.meta = {"arch": st.arch, "width": st.width, "stem": model.meta["stem"],
                      "num_classes": d.num_classes, "channels": d.channels, "image_size": d.image_size,
                      "mean": list(d.mean), "std": list(d.std),
@@ -121,10 +124,13 @@ class _Students:
         variables = self.model.init(key, jnp.zeros((1, d.image_size, d.image_size, d.channels),
                                                    jnp.float32), train=False)
         params = variables["params"]
-        return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], self.tx.init(params))
+        ema = params if self.st.ema else None
+        return TrainState(jnp.zeros((), jnp.int32), params, variables["batch_stats"],
+                          self.tx.init(params), ema)
 
-    def evaluate(self, model, variables) -> dict:
-        return evaluate.evaluate(model, variables, self.config.data, self.eval_source, self.mesh)
+    def evaluate(self, model, variables, source=None) -> dict:
+        return evaluate.evaluate(model, variables, self.config.data, source or self.eval_source,
+                                 self.mesh)
 
     def claim(self, run: Run, run_dir: str) -> stage_state.Claim:
         """A run's settings: the student recipe, which run it is, and its inputs' contents."""
@@ -157,10 +163,14 @@ class _Students:
         mngr.wait_until_finished()
         mngr.close()
         final = history[-1]
-        checkpoint.save_model(os.path.join(run_dir, "model"), parallel.to_host(state.variables),
+        checkpoint.save_model(os.path.join(run_dir, "model"), parallel.to_host(state.eval_variables),
                               {**self.meta, "top1": final["top1"], "source": f"validate:{run.entry}"})
         result = {"entry": run.entry, "seed": run.seed, "top1": float(final["top1"]),
-                  "top5": float(final["top5"]), "history": history}
+                  "top5": float(final["top5"]), "per_class_top1": final["per_class_top1"],
+                  "history": history}
+        if self.holdout_source is not None:
+            result["holdout_top1"] = float(self.evaluate(self.model, state.eval_variables,
+                                                         self.holdout_source)["top1"])
         if jax.process_index() == 0:
             stage_state.write_json_atomic(result_path, result)
         return result
@@ -181,8 +191,8 @@ class _Students:
                     idx, plan, targets = stored[b]
                     plan = {k: (parallel.replicate(self.mesh, a) if k in ("lam", "box") else
                                 self.steps.place(a)) for k, a in plan.items()}
-                    state, metrics = self.steps.stored(state, images, self.steps.place(idx), plan,
-                                                       self.steps.place(targets))
+                    state, metrics = self.steps.stored(state, images, labels, self.steps.place(idx),
+                                                       plan, self.steps.place(targets))
                 else:
                     ids = parallel.replicate(self.mesh, np.asarray([run.seed, epoch, b], np.int32))
                     state, metrics = self.steps.online(state, self.teacher_vars, images, labels,
@@ -191,9 +201,10 @@ class _Students:
                 if step % self.config.log_every_steps == 0:
                     self._log(step_offset + step, run, metrics, step, epoch)
             if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
-                result = self.evaluate(self.model, state.variables)
+                result = self.evaluate(self.model, state.eval_variables)
                 history.append({"epoch": epoch + 1, "top1": float(result["top1"]),
-                                "top5": float(result["top5"])})
+                                "top5": float(result["top5"]),
+                                "per_class_top1": result["per_class_top1"]})
                 self._log(step_offset + step, run, metrics, step, epoch, eval_top1=result["top1"],
                           eval_top5=result["top5"])
             every = self.config.validate.checkpoint_every_epochs
@@ -216,6 +227,8 @@ def _check(v) -> None:
         raise ValueError(f"unknown validate.baselines {unknown}; known: {BASELINES}")
     if not v.seeds:
         raise ValueError("validate.seeds is empty")
+    if v.full_data not in ("teacher", "none"):
+        raise ValueError(f"validate.full_data must be 'teacher' or 'none', got {v.full_data!r}")
 
 
 def _runs(config, images: np.ndarray, labels: np.ndarray, stored: StoredLabels | None) -> list[Run]:
@@ -260,21 +273,50 @@ def run(config, workdir: str) -> dict:
 
     counts = np.bincount(labels, minlength=config.data.num_classes)
     summary = _summary(config, results, counts, teacher_eval, model.paths[0])
+    summary["dd_ranking"] = _dd_ranking(config, summary, teacher_eval, model.meta)
     summary["seconds_this_run"] = time.time() - t0
     if jax.process_index() == 0:
         stage_state.write_json_atomic(os.path.join(students.stage_dir, "summary.json"), summary)
-    line = " | ".join(f"{name} {s['top1']:.2f} ± {s['top1_std']:.2f}" for name, s in
+    n = len(v.seeds)
+    line = " | ".join(f"{name} {mean_std_text(s['top1'], s['top1_std'], n)}" for name, s in
                       [(SRE2L, summary)] + [(b, summary[b]) for b in v.baselines])
     print(f"validate: top-1 (%) {line} | teacher {teacher_eval['top1']:.2f}", flush=True)
     logging.info("validate: %s", summary)
     return summary
 
 
+def _dd_ranking(config, summary: dict, teacher_eval: dict, teacher_meta: dict) -> dict | None:
+    """DD-Ranking's HLR / IOR / LRS from this stage's runs (identical recipe for every entry).
+
+    The full-data hard-label accuracy is the teacher's when the student is the teacher's
+    architecture (the teacher *is* that model: hard labels, the whole train split), per
+    `validate.full_data`; otherwise HLR and LRS are left out and the summary says why.
+    """
+    if "real_soft" not in summary:
+        return None
+    st = config.student
+    same_model = (st.arch, st.width) == (teacher_meta["arch"], teacher_meta["width"])
+    full = teacher_eval["top1"] if config.validate.full_data == "teacher" and same_model else None
+    hard = summary["synthetic_hard"]["top1"] if "synthetic_hard" in summary else None
+    out = ddranking.metrics(summary["top1"], summary["real_soft"]["top1"], hard, full)
+    if "hlr" not in out:
+        out["hlr_missing"] = ("needs the synthetic_hard baseline and a full-data model of the "
+                              "student's architecture (validate.full_data='teacher' and a student "
+                              "with the teacher's arch and width)")
+    return out
+
+
 def _entry_summary(results: list[dict]) -> dict:
     top1, top1_std = _mean_std([r["top1"] for r in results])
     top5, top5_std = _mean_std([r["top5"] for r in results])
-    return {"top1": top1, "top1_std": top1_std, "top5": top5, "top5_std": top5_std,
-            "per_seed": [{"seed": r["seed"], "top1": r["top1"], "top5": r["top5"]} for r in results]}
+    per_class = np.mean([[np.nan if a is None else a for a in r["per_class_top1"]] for r in results], 0)
+    out = {"top1": top1, "top1_std": top1_std, "top5": top5, "top5_std": top5_std,
+           "per_class_top1": [None if np.isnan(a) else float(a) for a in per_class],
+           "per_seed": [{k: r[k] for k in ("seed", "top1", "top5", "holdout_top1") if k in r}
+                        for r in results]}
+    if all("holdout_top1" in r for r in results):
+        out["holdout_top1"], out["holdout_top1_std"] = _mean_std([r["holdout_top1"] for r in results])
+    return out
 
 
 def _summary(config, results: dict, counts: np.ndarray, teacher_eval: dict, teacher_path: str) -> dict:

@@ -89,6 +89,36 @@ def test_batchnorm_follows_pytorch_semantics():
                                (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(4, 3, 3, 2), (8, 6, 6, 8), (5, 7, 7, 3)])
+def test_training_batchnorm_gradient_equals_autodiff_of_the_formula(shape):
+    """norm.batch_norm_train: the plain formula's values, and its gradient (incl. the terms of
+    the mean/variance outputs) equal autodiff of the plain formula, in float64 NumPy terms."""
+    from sre2l_jax import norm
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(1.0, 3.0, shape), jnp.float32)
+    scale, bias = (jnp.asarray(rng.normal(1.0, 0.3, shape[-1]), jnp.float32) for _ in range(2))
+    w_y, w_m, w_v = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in (shape, shape[-1:], shape[-1:]))
+
+    def plain(x, scale, bias):
+        mean = jnp.mean(x, (0, 1, 2))
+        var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
+        return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias, mean, var
+
+    def loss(fn, *args):
+        y, m, v = fn(*args)
+        return jnp.sum(y * w_y) + jnp.sum(m * w_m) + jnp.sum(v * w_v)
+
+    fused = lambda x, s, b: norm.batch_norm_train(x, s, b, 1e-5)
+    for got, want in zip(fused(x, scale, bias), plain(x, scale, bias)):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+    grads = jax.grad(lambda *a: loss(fused, *a), argnums=(0, 1, 2))(x, scale, bias)
+    want = jax.grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2))(x, scale, bias)
+    for g, w in zip(grads, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    assert float(jnp.max(jnp.abs(grads[0]))) > 1e-2  # a real gradient, not zeros
+
+
 def test_bn_statistics_in_forward_order_with_stem_first():
     model = models.create_model("resnet18", 10, width=8, stem="lowres")
     variables = models.init_variables(model, jax.random.key(0), (16, 16, 3))

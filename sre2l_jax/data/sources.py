@@ -283,13 +283,43 @@ def balanced_prefix(source: Any, max_examples: int, seed: int = 0) -> Any:
     return IndexedSource(source, chosen, labels[chosen], source.class_names)
 
 
+HOLDOUT = "holdout"  # the role of the held-out part of the train split
+_HOLDOUT_TAG = 0x401D
+
+
 def _resolve_split(data_cfg: Any, split: str) -> tuple[bool, str]:
-    """(is_train, split name): 'train'/'eval' name the roles, anything else is a literal split."""
-    if split == "train":
+    """(is_train, split name): 'train'/'eval'/'holdout' name the roles, anything else is a
+    literal split."""
+    if split in ("train", HOLDOUT):
         return True, data_cfg.train_split
     if split == "eval":
         return False, data_cfg.eval_split
     return split == data_cfg.train_split, split
+
+
+def holdout_indices(labels: np.ndarray, n: int, num_classes: int, seed: int) -> np.ndarray:
+    """n train indices, n / num_classes of each class, drawn from `seed` (sorted)."""
+    per_class, rem = divmod(n, num_classes)
+    if rem or n < 0:
+        raise ValueError(f"data.holdout={n} must be a multiple of the {num_classes} classes "
+                         "(the held-out split is class-balanced)")
+    chosen = []
+    for c in range(num_classes):
+        pool = np.flatnonzero(labels == c)
+        if len(pool) <= per_class:
+            raise ValueError(f"data.holdout={n} takes {per_class} images of class {c}, which has "
+                             f"only {len(pool)}; lower data.holdout")
+        chosen.append(np.random.default_rng([seed, _HOLDOUT_TAG, c]).permutation(pool)[:per_class])
+    return np.sort(np.concatenate(chosen))
+
+
+def _split_holdout(data_cfg: Any, source: Any, split: str) -> Any:
+    """The train split without its held-out images, or (split 'holdout') those images."""
+    labels = source_labels(source)
+    held = holdout_indices(labels, data_cfg.holdout, len(source.class_names), data_cfg.holdout_seed)
+    if split != HOLDOUT:
+        held = np.setdiff1d(np.arange(len(labels)), held)
+    return IndexedSource(source, held, labels[held], source.class_names)
 
 
 def _missing_dir(data_cfg: Any, directory: str, what: str) -> FileNotFoundError:
@@ -301,9 +331,11 @@ def _missing_dir(data_cfg: Any, directory: str, what: str) -> FileNotFoundError:
 
 
 def build_source(data_cfg: Any, split: str) -> Any:
-    """The source for `split` ('train', 'eval', or a literal split name) as `data_cfg` describes.
+    """The source for `split` ('train', 'eval', 'holdout' or a literal split name) as `data_cfg`
+    describes.
 
-    Applies `class_ids`, checks the class count and channels, and applies the example caps.
+    Applies `class_ids`, checks the class count and channels, takes the `data.holdout` images out
+    of the train split (they form the 'holdout' split), and applies the example caps.
     """
     is_train, name = _resolve_split(data_cfg, split)
     directory = data_cfg.dir
@@ -341,6 +373,12 @@ def build_source(data_cfg: Any, split: str) -> Any:
     if channels is not None and channels != data_cfg.channels:
         raise ValueError(f"{data_cfg.name or data_cfg.source} images have {channels} channel(s) but"
                          f" data.channels={data_cfg.channels}")
+    if is_train and data_cfg.holdout:
+        source = _split_holdout(data_cfg, source, split)
+    elif split == HOLDOUT:
+        raise ValueError("no held-out split: set data.holdout to the number of train images to hold out")
+    if split == HOLDOUT:
+        return source
     cap = data_cfg.max_train_examples if is_train else data_cfg.max_eval_examples
     return balanced_prefix(source, cap)
 

@@ -15,6 +15,7 @@ import jax
 
 from sre2l_jax import main as cli
 from sre2l_jax import report, stages, teachers
+from sre2l_jax.metrics import mean_std_text
 from sre2l_jax.stage_state import write_text_atomic
 
 TV, L2 = 1e-4, 1e-5
@@ -47,8 +48,8 @@ def run_ablation(config, workdir: str) -> str:
              "", "| setting | student top-1 % | teacher acc. on images % | paper IN-1K | paper Tiny |",
              "|---|---|---|---|---|"]
     for name, top1, std, tacc in rows:
-        std_s = f" ± {std:.2f}" if std is not None else ""
-        lines.append(f"| {name} | {top1:.2f}{std_s} | {tacc:.1f} | {PAPER[name][0]} | {PAPER[name][1]} |")
+        text = mean_std_text(top1, std or 0.0, len(config.validate.seeds))
+        lines.append(f"| {name} | {text} | {tacc:.1f} | {PAPER[name][0]} | {PAPER[name][1]} |")
     table = "\n".join(lines) + "\n"
     if jax.process_index() == 0:
         write_text_atomic(os.path.join(workdir, "ablation", "table.md"), table)

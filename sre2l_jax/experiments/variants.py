@@ -21,6 +21,7 @@ from absl import flags
 
 from sre2l_jax import main as cli
 from sre2l_jax import report, stages, teachers
+from sre2l_jax.metrics import mean_std_text
 from sre2l_jax.stage_state import write_json_atomic, write_text_atomic
 
 _EXTRA = flags.DEFINE_list("extra_teachers", [], "Model checkpoints for the multi-teacher row.")
@@ -116,7 +117,8 @@ def variants_table(config, rows: list[dict]) -> str:
     for r in rows:
         tacc = "—" if r["teacher_acc_on_images"] is None else f"{r['teacher_acc_on_images']:.1f}"
         seeds = ", ".join(f"{t:.2f}" for t in r["per_seed"])
-        lines.append(f"| {r['name']} | {r['top1']:.2f} ± {r['top1_std']:.2f} | {seeds} | {tacc} |")
+        top1 = mean_std_text(r["top1"], r["top1_std"], len(r["per_seed"]))
+        lines.append(f"| {r['name']} | {top1} | {seeds} | {tacc} |")
     return "\n".join(lines) + "\n"
 
 

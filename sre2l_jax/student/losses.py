@@ -22,3 +22,11 @@ def hard_loss(logits: jax.Array, labels: jax.Array, plan: dict) -> jax.Array:
     ce = optax.softmax_cross_entropy_with_integer_labels
     lam = plan["lam"]
     return jnp.mean(lam * ce(logits, labels) + (1.0 - lam) * ce(logits, labels[plan["perm"]]))
+
+
+def mse_ce_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
+                ce_weight: float) -> jax.Array:
+    """EDC's student loss: the mean squared error to the teacher's logits (mean over batch and
+    classes) + ce_weight · the cross-entropy on the image's own label (un-mixed, as EDC)."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(student_logits, labels).mean()
+    return jnp.mean(jnp.square(student_logits - teacher_logits)) + ce_weight * ce

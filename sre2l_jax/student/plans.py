@@ -19,6 +19,7 @@ from sre2l_jax import augment, configlib
 
 _INIT, _AUG = 0, 1  # fold_in tags keeping the student-init and augmentation streams apart
 MIXES = ("none", "cutmix", "mixup")
+CROPS = ("rrc", "pad_crop", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,10 +36,15 @@ class AugSpec:
     mix_prob: float = 1.0
     batch_size: int = 1024
     epochs: int = 300
+    crop: str = "rrc"  # rrc: RandomResizedCrop(crop_scale) | pad_crop: RandomCrop(padding) | none
+    crop_padding: int = 4
+    flip: bool = True
 
     def __post_init__(self):
         if self.mix not in MIXES:
             raise ValueError(f"student.mix must be one of {MIXES}, got {self.mix!r}")
+        if self.crop not in CROPS:
+            raise ValueError(f"student.crop must be one of {CROPS}, got {self.crop!r}")
 
     @classmethod
     def from_config(cls, config) -> AugSpec:
@@ -97,7 +103,13 @@ def mix_plan(key: jax.Array, n: int, spec: AugSpec) -> dict:
 
 def apply_plan(x: jax.Array, plan: dict, spec: AugSpec) -> jax.Array:
     """Crops + flips per image, then the batch's mixing — the replay of a stored plan."""
-    x = augment.apply_crops(x, plan["boxes"], plan["flips"], spec.image_size)
+    if spec.crop == "rrc":
+        x = augment.apply_crops(x, plan["boxes"], plan["flips"], spec.image_size)
+    else:
+        if spec.crop == "pad_crop":
+            black = -np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)
+            x = augment.shift_crops(x, plan["boxes"], spec.crop_padding, black)
+        x = augment.maybe_flip(x, plan["flips"])
     if spec.mix == "cutmix":
         x = augment.apply_cutmix(x, plan["perm"], plan["box"])
     elif spec.mix == "mixup":
@@ -105,12 +117,25 @@ def apply_plan(x: jax.Array, plan: dict, spec: AugSpec) -> jax.Array:
     return x
 
 
+def crop_plan(key: jax.Array, x: jax.Array, spec: AugSpec) -> tuple[jax.Array, jax.Array]:
+    """Per-image crop boxes (top, left, h, w) int32 (N,4) and flips bool (N,)."""
+    n, h, w = x.shape[:3]
+    if spec.crop == "rrc":
+        # Only the parameters are kept; XLA drops the unused crops, and apply_plan redoes them,
+        # so the online and the stored path run the very same ops on the same numbers.
+        _, boxes, flips = augment.per_image_crops(key, x, spec.image_size, spec.crop_scale)
+    else:
+        k_box, k_flip = jax.random.split(key)
+        flips = jax.random.bernoulli(k_flip, 0.5, (n,))
+        boxes = (augment.pad_crop_boxes(k_box, n, h, spec.crop_padding) if spec.crop == "pad_crop"
+                 else jnp.tile(jnp.asarray([0, 0, h, w], jnp.int32), (n, 1)))
+    return boxes, flips if spec.flip else jnp.zeros_like(flips)
+
+
 def make_plan(key: jax.Array, x: jax.Array, spec: AugSpec) -> dict:
     """Draw a batch's full augmentation plan (boxes int32 (N,4), flips (N,), perm, lam, box)."""
     k_crop, k_mix = jax.random.split(key)
-    # Only the parameters are kept; XLA drops the unused crops, and apply_plan redoes them, so
-    # the online and the stored path run the very same ops on the same numbers.
-    _, boxes, flips = augment.per_image_crops(k_crop, x, spec.image_size, spec.crop_scale)
+    boxes, flips = crop_plan(k_crop, x, spec)
     return {"boxes": boxes, "flips": flips, **mix_plan(k_mix, x.shape[0], spec)}
 
 

@@ -18,9 +18,11 @@ import numpy as np
 import optax
 
 from sre2l_jax import parallel
-from sre2l_jax.student.losses import hard_loss, kd_loss
+from sre2l_jax.student.losses import hard_loss, kd_loss, mse_ce_loss
 from sre2l_jax.student.plans import AugSpec, apply_plan, augmented, normalize
 from sre2l_jax.train_state import TrainState
+
+LOSSES = ("kl", "mse_ce")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,19 @@ class Recipe:
     tau: float
     tau2_factor: bool
     logits_dtype: str = "float32"  # online mode: round teacher logits through this dtype
+    loss: str = "kl"  # kl | mse_ce
+    ce_weight: float = 0.025  # mse_ce: weight of the cross-entropy on the (mixed) hard labels
+    ema: float = 0.0  # rate of the exponential moving average of the weights (0: none)
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"student.loss must be one of {LOSSES}, got {self.loss!r}")
+
+    def soft_loss(self, logits, targets, hard_labels):
+        """The distillation loss of a soft-label step."""
+        if self.loss == "kl":
+            return kd_loss(logits, targets, self.tau, self.tau2_factor)
+        return mse_ce_loss(logits, targets, hard_labels, self.ce_weight)
 
 
 def _update(state: TrainState, x: jax.Array, loss_of_logits: Callable, recipe: Recipe):
@@ -45,7 +60,16 @@ def _update(state: TrainState, x: jax.Array, loss_of_logits: Callable, recipe: R
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = recipe.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return TrainState(state.step + 1, params, batch_stats, opt_state), {"loss": loss}
+    new = TrainState(state.step + 1, params, batch_stats, opt_state)
+    if state.ema is not None:
+        new = new.replace(ema=ema_update(state.ema, params, recipe.ema))
+    return new, {"loss": loss}
+
+
+def ema_update(ema, params, rate: float):
+    """ema ← rate·ema + (1 − rate)·params after every step (EDC: parameters only; the BN running
+    statistics stay the live model's)."""
+    return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, ema, params)
 
 
 def teacher_logits(recipe: Recipe, teacher_vars: dict, x: jax.Array) -> jax.Array:
@@ -66,14 +90,14 @@ def online_step(state, teacher_vars, images, labels, idx, ids, soft, *, recipe: 
     targets = jax.lax.stop_gradient(targets)
     hard_labels = labels[idx]
     return _update(state, x, lambda s: jnp.where(
-        soft, kd_loss(s, targets, recipe.tau, recipe.tau2_factor), hard_loss(s, hard_labels, plan)),
+        soft, recipe.soft_loss(s, targets, hard_labels), hard_loss(s, hard_labels, plan)),
         recipe)
 
 
-def stored_step(state, images, idx, plan, targets, *, recipe: Recipe):
+def stored_step(state, images, labels, idx, plan, targets, *, recipe: Recipe):
     """Replay a stored plan with stored teacher logits (FKD-style relabelled training)."""
     x = apply_plan(normalize(images[idx], recipe.spec), plan, recipe.spec)
-    return _update(state, x, lambda s: kd_loss(s, targets, recipe.tau, recipe.tau2_factor), recipe)
+    return _update(state, x, lambda s: recipe.soft_loss(s, targets, labels[idx]), recipe)
 
 
 def label_batch(teacher_vars, images, idx, ids, *, recipe: Recipe):
@@ -115,17 +139,19 @@ class Steps:
             functools.partial(online_step, recipe=self.recipe),
             in_shardings=(self.state_sharding, self.repl, self.repl, self.repl, b, self.repl,
                           self.repl),
-            out_shardings=(self.state_sharding, self.repl), donate_argnums=(0,)))
+            out_shardings=(self.state_sharding, self.repl), donate_argnums=(0,),
+            compiler_options=parallel.training_compiler_options()))
         return fn(state, teacher_vars, images, labels, idx, ids,
                   parallel.replicate(self.mesh, np.asarray(soft)))
 
-    def stored(self, state, images, idx, plan, targets):
+    def stored(self, state, images, labels, idx, plan, targets):
         fn = self._jit("stored", idx.shape[0], lambda b: jax.jit(
             functools.partial(stored_step, recipe=self.recipe),
-            in_shardings=(self.state_sharding, self.repl, b,
+            in_shardings=(self.state_sharding, self.repl, self.repl, b,
                           {"boxes": b, "flips": b, "perm": b, "lam": self.repl, "box": self.repl}, b),
-            out_shardings=(self.state_sharding, self.repl), donate_argnums=(0,)))
-        return fn(state, images, idx, plan, targets)
+            out_shardings=(self.state_sharding, self.repl), donate_argnums=(0,),
+            compiler_options=parallel.training_compiler_options()))
+        return fn(state, images, labels, idx, plan, targets)
 
     def label(self, teacher_vars, images, idx, ids):
         fn = self._jit("label", idx.shape[0], lambda b: jax.jit(
