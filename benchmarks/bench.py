@@ -18,7 +18,10 @@ import sys
 import bench_machine
 from bench_report import markdown
 
-CASES = ("recover", "scaling", "student", "pipeline", "memory", "options")
+CASES = ("train", "recover", "scaling", "student", "pipeline", "memory", "options")
+# Training-step cases: the Fashion-MNIST default's sizes and a wider/larger one (width, res, channels,
+# squeeze batch, student batch).
+TRAIN_CASES = {"default 28²×1, width 8": (8, 28, 1, 256, 100), "32²×3, width 64": (64, 32, 3, 128, 100)}
 # Timed iterations per call (after one warm-up iteration) and timed calls, by resolution.
 ITERS = {"full": {16: 5, 32: 10, 64: 5, 224: 2}, "quick": {16: 1, 32: 1, 64: 1, 224: 1}}
 REPEATS = {"full": 2, "quick": 1}
@@ -83,6 +86,25 @@ def run_recover(run: Runner, quick: bool) -> list[dict]:
         rows.append({"case": name, "stem": stem, "res": res, "batch": BATCH, "jax": jx, "torch": pt,
                      "jax_canonical_conv": fix, "jax_winograd": wino, "iters_timed": ITERS[run.mode][res]})
     return rows
+
+
+def run_train(run: Runner, quick: bool) -> dict:
+    """Squeeze and student steps, JAX vs PyTorch, back to back; then the real loops' steps/s."""
+    iters, repeats = (2, 1) if quick else (10, 3)
+    rows = []
+    for name, (w, res, c, squeeze_b, student_b) in TRAIN_CASES.items():
+        if quick and w > 8:
+            continue
+        base = {"width": w, "res": res, "channels": c, "iters": iters, "repeats": repeats}
+        row = {"case": name}
+        for step, batch, kinds in (("squeeze", squeeze_b, ("jax_train", "torch_train")),
+                                   ("student", student_b, ("jax_student_step", "torch_student"))):
+            row[step] = {"batch": batch, "jax": run({"kind": kinds[0], **base, "batch": batch}),
+                         "torch": run({"kind": kinds[1], **base, "batch": batch})}
+        rows.append(row)
+    loops = run({"kind": "jax_loops", "squeeze_steps": 110 if quick else 250,
+                 "student_epochs": 110 if quick else 300})
+    return {"steps": rows, "loops": loops}
 
 
 def run_scaling(run: Runner) -> dict:
@@ -156,6 +178,8 @@ def main(argv: list[str]) -> None:
     machine = bench_machine.machine_info(argv)
     run = Runner("quick" if args.quick else "full")
     results: dict = {"mode": run.mode}
+    if "train" in cases:
+        results["train"] = run_train(run, args.quick)
     if "recover" in cases:
         results["recover"] = run_recover(run, args.quick)
     if "scaling" in cases:
@@ -182,11 +206,12 @@ def main(argv: list[str]) -> None:
 
 
 def worker(spec: dict) -> None:
+    import bench_jax
+    import bench_torch
+    import bench_train
+
     kind = spec["kind"]
-    if kind.startswith("torch_"):
-        import bench_torch as mod
-    else:
-        import bench_jax as mod
+    mod = next(m for m in (bench_train, bench_torch, bench_jax) if kind in m.WORKERS)
     result = mod.WORKERS[kind](spec)
     result["spec"] = spec
     bench_machine.emit(result)

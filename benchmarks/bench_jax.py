@@ -171,7 +171,7 @@ def student_steps(spec: dict) -> dict:
     soft = jnp.asarray(True)
     out = {}
     for name, fn, args in (("online", online, (teacher_vars, images, labels, idx, ids, soft)),
-                           ("stored", stored, (images, idx, plan, targets)),
+                           ("stored", stored, (images, labels, idx, plan, targets)),
                            ("teacher_only", label, None)):
         if args is None:
             compiled = fn.lower(teacher_vars, images, idx, ids).compile()

@@ -186,9 +186,42 @@ def options_md(o: dict) -> list[str]:
     return [*out, ""]
 
 
+def train_md(t: dict) -> list[str]:
+    out = ["## Training steps: squeeze and student, JAX vs PyTorch (ms/step, same run)", "",
+           "squeeze: SGD step of the low-res ResNet-18 in training mode (CE, momentum, weight "
+           "decay); student: frozen teacher's logits + KL (τ 20) + AdamW, JAX with crops/flip/CutMix "
+           "inside the step, PyTorch on a pre-cropped batch with CutMix (its DataLoader crops). "
+           "Speed = PyTorch ms / JAX ms (> 1: JAX faster).", ""]
+    rows = []
+    for r in t["steps"]:
+        for step in ("squeeze", "student"):
+            jx, pt = r[step]["jax"], r[step]["torch"]
+            if _err(jx) or _err(pt):
+                rows.append([r["case"], step, r[step]["batch"], _err(jx) or "", _err(pt) or "", ""])
+                continue
+            rows.append([r["case"], step, r[step]["batch"], _f(jx["ms_per_step"]), _f(pt["ms_per_step"]),
+                         _f(pt["ms_per_step"] / jx["ms_per_step"], "{:.2f}×")])
+    out += _table(["case", "step", "batch", "JAX ms", "PyTorch ms", "JAX speed"], rows)
+    loops = t.get("loops", {})
+    if loops and not _err(loops):
+        default = t["steps"][0]
+        bare_sq = 1000 / default["squeeze"]["jax"]["ms_per_step"]
+        bare_st = 1000 / default["student"]["jax"]["ms_per_step"]
+        out += ["", "The real loops at the default sizes (data pipeline, logging, checkpoints; "
+                "steps/s from metrics.jsonl) against the bare step above:", "",
+                *_table(["loop", "loop steps/s", "bare step steps/s", "loop / bare"],
+                        [["squeeze (batch 256)", _f(loops["squeeze_steps_per_s"], "{:.2f}"),
+                          _f(bare_sq, "{:.2f}"), _f(loops["squeeze_steps_per_s"] / bare_sq, "{:.2f}")],
+                         ["validate (SRe²L student, batch 100)", _f(loops["validate_steps_per_s"], "{:.2f}"),
+                          _f(bare_st, "{:.2f}"), _f(loops["validate_steps_per_s"] / bare_st, "{:.2f}")]])]
+    return [*out, ""]
+
+
 def markdown(machine: dict, results: dict) -> str:
     peak = machine["peak_fp32"]["gflops"]
     lines = [f"# sre2l_jax benchmarks ({results['mode']} mode)", "", *machine_md(machine)]
+    if "train" in results:
+        lines += train_md(results["train"])
     if "recover" in results:
         lines += recover_md(results["recover"], peak)
     if "scaling" in results:

@@ -94,8 +94,13 @@ def base_config() -> ml_collections.ConfigDict:
     s.eval_every_epochs = 1
     s.checkpoint_every_steps = 200
     s.max_steps = 0  # 0 = epochs * steps_per_epoch; for smoke runs
+    # More teachers, trained after the main one with this recipe ("arch:width:epochs" each, seed
+    # + 1 + i, in squeeze/backbones/<i>/): recovery cycles through all of them and soft labels
+    # are their ensemble (EDC's briefly trained backbones, G-VBSM's several models).
+    s.backbones = ()
 
     c.recover = r = ml_collections.ConfigDict()
+    r.method = "sre2l"  # sre2l: optimize from noise/real starts | rded: select real patches (RDED)
     r.teacher = ""  # model checkpoint dir; "" = <workdir>/squeeze/model
     r.ipc = 50
     r.ipc_start = 0
@@ -112,6 +117,9 @@ def base_config() -> ml_collections.ConfigDict:
     r.adam_eps = 1e-8
     r.alpha_bn = 0.01
     r.first_bn_multiplier = 10.0
+    # EDC's soft category-aware matching: each BN term is (1 − α)·SRe²L's + α·the distance to the
+    # class-conditional statistics of the real train data (averaged over the batch's labels).
+    r.alpha_class = 0.0
     r.alpha_tv = 0.0
     r.alpha_l2 = 0.0
     r.crop = True  # multi-crop optimization: one RandomResizedCrop per iteration, shared by the batch
@@ -135,6 +143,14 @@ def base_config() -> ml_collections.ConfigDict:
     # validate then take soft labels from the ensemble (mean logits) of the same models.
     r.extra_teachers = ()
     r.verifier = ""  # optional second model checkpoint that reports accuracy on the results
+    # RDED (recover.method=rded): per class, rded_pool real images × rded_crops square crops
+    # (RandomResizedCrop scale rded_crop_scale), scored by the teacher's (or the ensemble's) loss;
+    # rded_factor f stitches f×f selected patches into one image (1 at ≤ 64², 2 at ImageNet size).
+    r.rded_pool = 300
+    r.rded_crops = 5
+    r.rded_crop_scale = (0.08, 1.0)
+    r.rded_factor = 1
+    r.rded_scorer = "teacher"  # teacher | ensemble (teacher + extra teachers, mean logits)
     # The teacher's convolutions during recovery: float32 | bfloat16 (BN statistics, the loss and the
     # images stay float32). bf16 halves the arithmetic on TPU/GPU; on CPU it is no faster.
     r.compute_dtype = "float32"

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from sre2l_jax import conv, norm
 
 BN_STATS = "bn_stats"
+BN_IMAGE_SUMS = "bn_image_sums"  # per image Σ and Σ² of each BN input over (H, W): class statistics
 WINOGRAD = "winograd"  # collection of transformed conv kernels, see with_winograd_kernels
 STEM_BN = "bn1"  # torchvision's name for the stem BatchNorm, the one SRe²L weights by 10.
 
@@ -56,6 +57,12 @@ class BatchNorm(nn.Module):
             axes = tuple(range(x.ndim - 1))
             mean = jnp.mean(x32, axes)
             var = jnp.mean(jnp.square(x32 - mean), axes)  # biased, as torch's hook computes it
+        if self.is_mutable_collection(BN_IMAGE_SUMS):
+            x32 = x.astype(jnp.float32)
+            pixels = jnp.full((x.shape[0],), x.shape[1] * x.shape[2], jnp.float32)
+            self.sow(BN_IMAGE_SUMS, "stats", {"sum": jnp.sum(x32, axis=(1, 2)), "pixels": pixels,
+                                              "sumsq": jnp.sum(jnp.square(x32), axis=(1, 2))},
+                     reduce_fn=lambda _, new: new, init_fn=dict)
         if self.is_mutable_collection(BN_STATS):
             self.sow(BN_STATS, "stats", {"mean": mean, "var": var,
                                          "running_mean": ra_mean.value, "running_var": ra_var.value},
@@ -215,14 +222,15 @@ def _walk_in_order(tree: dict, prefix: str, out: list) -> None:
     # Flax fills collections in call order and dicts keep it; jax.tree flattening would sort keys.
     for key, value in tree.items():
         path = f"{prefix}/{key}" if prefix else key
-        if key == "stats" and isinstance(value, dict) and "running_var" in value:
+        if key == "stats" and isinstance(value, dict) and not isinstance(next(iter(value.values())), dict):
             out.append((prefix, value))
         elif isinstance(value, dict):
             _walk_in_order(value, path, out)
 
 
 def bn_statistics(sown: dict) -> list[tuple[str, dict]]:
-    """[(module path, {'mean','var','running_mean','running_var'})] in forward order."""
+    """[(module path, the BN's sown dict)] in forward order, from a BN_STATS or BN_IMAGE_SUMS
+    collection."""
     out: list = []
     _walk_in_order(sown, "", out)
     return out
@@ -243,6 +251,7 @@ def with_winograd_kernels(model: ResNet, variables, input_shape: Sequence[int]):
     """
     if conv.conv_mode() != "winograd" or WINOGRAD in variables:
         return variables
-    _, state = model.apply(variables, jnp.zeros(input_shape, jnp.float32), train=False,
+    model_vars = {k: variables[k] for k in ("params", "batch_stats")}
+    _, state = model.apply(model_vars, jnp.zeros(input_shape, jnp.float32), train=False,
                            mutable=[WINOGRAD])
     return {**variables, WINOGRAD: state[WINOGRAD]} if state.get(WINOGRAD) else variables

@@ -6,6 +6,7 @@ of training (ImageNet-1K uses torchvision's IMAGENET1K_V1 weights, SPEC §1).
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import time
@@ -74,9 +75,33 @@ def run(config, workdir: str) -> dict:
         summary = {"top1": meta.get("top1"), "imported": config.squeeze.torchvision_weights}
     else:
         summary = _train(config, stage_dir)
+    if config.squeeze.backbones:
+        summary["backbones"] = [
+            {"spec": spec, **_train(backbone_config(config, i), backbone_dir(stage_dir, i))}
+            for i, spec in enumerate(config.squeeze.backbones)]
     if jax.process_index() == 0:
         stage_state.write_json_atomic(os.path.join(stage_dir, "summary.json"), summary)
     return summary
+
+
+def backbone_dir(stage_dir: str, i: int) -> str:
+    return os.path.join(stage_dir, "backbones", str(i))
+
+
+def backbone_config(config, i: int):
+    """The config that trains backbone i of `squeeze.backbones` ("arch:width:epochs"), seed + 1 + i."""
+    spec = config.squeeze.backbones[i]
+    try:
+        arch, width, epochs = spec.split(":")
+        width, epochs = int(width), int(epochs)
+    except ValueError:
+        raise ValueError(f"squeeze.backbones entry {spec!r} is not 'arch:width:epochs' "
+                         "(e.g. 'resnet18:16:2')") from None
+    c = copy.deepcopy(config)
+    c.unlock()
+    c.seed = config.seed + 1 + i
+    c.model.arch, c.model.width, c.squeeze.epochs, c.squeeze.backbones = arch, width, epochs, ()
+    return c
 
 
 class _Trainer:

@@ -59,6 +59,18 @@ def write_json_atomic(path: str, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
 
 
+def write_npz_atomic(path: str, arrays: dict) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def read_npz(path: str) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
 def read_json(path: str) -> Any | None:
     if not os.path.exists(path):
         return None

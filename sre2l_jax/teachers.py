@@ -63,6 +63,15 @@ def default_path(config, workdir: str) -> str:
     return config.recover.teacher or os.path.join(workdir, "squeeze", "model")
 
 
+def all_paths(config, workdir: str) -> list[str]:
+    """The teacher, the backbones squeezed beside it in this workdir (`squeeze.backbones`, when
+    the teacher is this workdir's), then `recover.extra_teachers`: recovery's cycle order."""
+    backbones = [] if config.recover.teacher else [
+        os.path.join(workdir, "squeeze", "backbones", str(i), "model")
+        for i in range(len(config.squeeze.backbones))]
+    return [default_path(config, workdir), *backbones, *config.recover.extra_teachers]
+
+
 def check_compatible(meta: dict, *, num_classes: int, channels: int, what: str) -> None:
     """Raise when a checkpoint cannot serve data with `num_classes` classes and `channels` channels."""
     if meta["num_classes"] != num_classes:
@@ -92,8 +101,8 @@ def load_one(path: str, data_cfg, what: str = "model") -> Teachers:
 
 
 def load(config, workdir: str) -> Teachers:
-    """The teacher and each `recover.extra_teachers` entry, checked against `config.data`."""
-    paths = [default_path(config, workdir), *config.recover.extra_teachers]
+    """Every teacher of `all_paths`, checked against `config.data`."""
+    paths = all_paths(config, workdir)
     loaded = [load_for_data(p, config.data, "teacher" if i == 0 else f"extra teacher {i}")
               for i, p in enumerate(paths)]
     return Teachers(tuple(model_from_meta(m) for _, m in loaded), tuple(v for v, _ in loaded),

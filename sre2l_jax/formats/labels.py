@@ -28,7 +28,14 @@ import os
 import numpy as np
 from absl import logging
 
-from sre2l_jax.stage_state import atomic_path, canonical, describe_diff, read_json, write_json_atomic
+from sre2l_jax.stage_state import (
+    canonical,
+    describe_diff,
+    read_json,
+    read_npz,
+    write_json_atomic,
+    write_npz_atomic,
+)
 from sre2l_jax.student.plans import AugSpec, batch_bounds
 
 FILL_LOGIT = -1e9
@@ -66,14 +73,15 @@ def epoch_arrays(rows: list[dict], top_k: int, num_classes: int, box_dtype) -> d
 
 
 def write_epoch(label_dir: str, epoch: int, arrays: dict) -> None:
-    with atomic_path(epoch_path(label_dir, epoch)) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+    write_npz_atomic(epoch_path(label_dir, epoch), arrays)
 
 
 def read_epoch(label_dir: str, epoch: int) -> dict:
     """The raw arrays of one epoch file."""
-    with np.load(epoch_path(label_dir, epoch)) as z:
-        return {k: z[k] for k in z.files}
+    arrays = read_npz(epoch_path(label_dir, epoch))
+    if arrays is None:
+        raise FileNotFoundError(f"{epoch_path(label_dir, epoch)} does not exist")
+    return arrays
 
 
 def full_logits(arrays: dict, num_classes: int) -> np.ndarray:

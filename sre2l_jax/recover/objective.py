@@ -30,6 +30,7 @@ class RecoverHParams:
     std: tuple
     alpha_bn: float = 0.01
     first_bn_multiplier: float = 10.0
+    alpha_class: float = 0.0  # weight of the class-conditional targets in the BN loss (EDC)
     alpha_tv: float = 0.0
     alpha_l2: float = 0.0
     crop: bool = True
@@ -56,15 +57,26 @@ class RecoverHParams:
         return configlib.hparams(cls, config.recover, config.data)
 
 
-def bn_matching_loss(stats: list, first_bn_multiplier: float) -> jax.Array:
-    """Σ_l m_l (‖σ²_l − running_var_l‖₂ + ‖μ_l − running_mean_l‖₂), plain norms, stem BN × m_1."""
+def bn_matching_loss(stats: list, first_bn_multiplier: float, class_stats: list | None = None,
+                     labels: jax.Array | None = None, alpha_class: float = 0.0) -> jax.Array:
+    """Σ_l m_l (‖σ²_l − running_var_l‖₂ + ‖μ_l − running_mean_l‖₂), plain norms, stem BN × m_1.
+
+    With alpha_class = α > 0 (EDC's soft category-aware matching), each layer's term becomes
+    (1 − α)·(that) + α·(‖σ²_l − σ̄²_l‖₂ + ‖μ_l − μ̄_l‖₂), where μ̄_l, σ̄²_l are the class-conditional
+    statistics of the real data (`class_stats`) averaged over the batch's labels, as EDC's code
+    averages them; α = 0 is SRe²L's loss, computed exactly as without this option.
+    """
     if not stats or stats[0][0] != STEM_BN:
         raise ValueError(f"expected the stem BatchNorm {STEM_BN!r} first, got {[p for p, _ in stats[:1]]}")
     total = 0.0
     for i, (_, s) in enumerate(stats):
         m = first_bn_multiplier if i == 0 else 1.0
-        total += m * (jnp.linalg.norm(s["var"] - s["running_var"])
-                      + jnp.linalg.norm(s["mean"] - s["running_mean"]))
+        term = jnp.linalg.norm(s["var"] - s["running_var"]) + jnp.linalg.norm(s["mean"] - s["running_mean"])
+        if alpha_class:
+            target = jax.tree.map(lambda a: jnp.mean(a[labels], axis=0), class_stats[i])
+            term = (1.0 - alpha_class) * term + alpha_class * (
+                jnp.linalg.norm(s["var"] - target["var"]) + jnp.linalg.norm(s["mean"] - target["mean"]))
+        total += m * term
     return total
 
 
@@ -129,11 +141,16 @@ def augment_batch(key: jax.Array, x: jax.Array, hp: RecoverHParams, t=0) -> jax.
     return x
 
 
+CLASS_STATS = "class_stats"  # key of a teacher's class-conditional statistics in its variables
+
+
 def objective(x, labels, model, variables, hp: RecoverHParams):
     """Total loss and its parts for an already-augmented batch."""
-    logits, stats = apply_with_bn_stats(model, variables, x)
+    model_vars = {k: v for k, v in variables.items() if k != CLASS_STATS}
+    logits, stats = apply_with_bn_stats(model, model_vars, x)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    bn = bn_matching_loss(stats, hp.first_bn_multiplier)
+    bn = bn_matching_loss(stats, hp.first_bn_multiplier, variables.get(CLASS_STATS), labels,
+                          hp.alpha_class)
     loss = ce + hp.alpha_bn * bn
     if hp.alpha_tv:
         loss += hp.alpha_tv * tv_l2(x)
@@ -197,7 +214,7 @@ def run_iterations(x, opt_state, labels, key, t0, t1, *, models: tuple, variable
 
 def final_scores(x, labels, model, variables, hp: RecoverHParams):
     """Per-image CE, teacher prediction and the batch BN loss on the un-augmented images."""
-    logits, stats = apply_with_bn_stats(model, variables, x)
+    logits, stats = apply_with_bn_stats(model, {k: v for k, v in variables.items() if k != CLASS_STATS}, x)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return {"ce": ce, "pred": jnp.argmax(logits, -1),
             "bn": bn_matching_loss(stats, hp.first_bn_multiplier) * jnp.ones_like(ce)}

@@ -85,8 +85,9 @@ def tile_2x2(tiles: list[np.ndarray], size: int) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
-class _Scorer:
-    """The teacher's softmax probability of a given class, batched with one compiled shape."""
+class Scorer:
+    """A frozen model's softmax probabilities, in batches of one compiled shape on one device (so
+    a score does not depend on which other images, or how many devices, are around)."""
 
     def __init__(self, model, variables, mean, std):
         self.variables = variables
@@ -96,14 +97,18 @@ class _Scorer:
     def normalize(self, images: np.ndarray) -> np.ndarray:
         return (images.astype(np.float32) / 255.0 - self.mean) / self.std
 
-    def confidence(self, images: np.ndarray, c: int) -> np.ndarray:
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """[N, classes] for normalized float32 images [N, H, W, C]."""
         out = []
-        for i in range(0, len(images), _SCORE_BATCH):
-            chunk = self.normalize(images[i:i + _SCORE_BATCH])
+        for i in range(0, len(x), _SCORE_BATCH):
+            chunk = x[i:i + _SCORE_BATCH]
             n = len(chunk)
             chunk = np.concatenate([chunk, np.zeros((_SCORE_BATCH - n, *chunk.shape[1:]), np.float32)])
-            out.append(np.asarray(self.fn(self.variables, chunk))[:n, c])
+            out.append(np.asarray(self.fn(self.variables, chunk))[:n])
         return np.concatenate(out)
+
+    def confidence(self, images: np.ndarray, c: int) -> np.ndarray:
+        return self.probabilities(self.normalize(images))[:, c]
 
 
 def start_images(config, model, variables, slots: list[Slot]) -> StartImages:
@@ -115,7 +120,7 @@ def start_images(config, model, variables, slots: list[Slot]) -> StartImages:
     labels = sources.source_labels(source)
     fit = EvalResize(dc.image_size, dc.eval_resize)
     load = lambda i: np.asarray(fit.map(source[int(i)])["image"])
-    scorer = _Scorer(model, variables, dc.mean, dc.std)
+    scorer = Scorer(model, variables, dc.mean, dc.std)
     chosen, boxes = {}, {}
     for c in sorted({c for c, _ in slots}):
         ks = sorted(k for cc, k in slots if cc == c)
@@ -137,7 +142,7 @@ def start_images(config, model, variables, slots: list[Slot]) -> StartImages:
     return StartImages(chosen, boxes, load, scorer.normalize, dc.image_size)
 
 
-def _mosaic_tiles(config, c: int, perm: np.ndarray, load, scorer: _Scorer) -> list[tuple[int, Box]]:
+def _mosaic_tiles(config, c: int, perm: np.ndarray, load, scorer: Scorer) -> list[tuple[int, Box]]:
     """The 4·IPC crops (train index, box) of class c the teacher is most confident about, best first."""
     rc, size = config.recover, config.data.image_size
     n = max(rc.init_pool, 4 * rc.ipc)

@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from sre2l_jax import checkpoint, parallel, stage_state, teachers
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.metrics import MetricsLog
-from sre2l_jax.recover import objective, plan, real_init
+from sre2l_jax.recover import class_stats, objective, plan, rded, real_init
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -75,11 +75,22 @@ def _round_fns(models: tuple, hp: objective.RecoverHParams, seed: int):
     return init, parallel.PerDevice(iterate_local, donate_argnums=(0, 1))
 
 
+def _with_class_stats(config, stage_dir: str, model: teachers.Teachers) -> tuple:
+    """The teachers' variables, each with its class-conditional statistics when the BN loss
+    uses them (`recover.alpha_class` > 0; computed once per teacher and data, then cached)."""
+    if not config.recover.alpha_class:
+        return model.variables
+    workdir = os.path.dirname(stage_dir)
+    stats = [class_stats.compute(config, workdir, i, m.clone(dtype=jnp.float32), v)
+             for i, (m, v) in enumerate(zip(model.models, model.variables))]
+    return tuple({**v, objective.CLASS_STATS: s} for v, s in zip(model.variables, stats))
+
+
 class _Recovery:
     """What every round of one run shares: compiled functions, teachers on the mesh, outputs."""
 
     def __init__(self, config, stage_dir: str, model: teachers.Teachers, todo: list[plan.Batch],
-                 n_images: int):
+                 n_images: int, folders: list[str]):
         rc = config.recover
         self.config, self.rc, self.stage_dir = config, rc, stage_dir
         self.hp = objective.RecoverHParams.from_config(config)
@@ -87,7 +98,7 @@ class _Recovery:
         self.slots = self.mesh.devices.size * rc.batches_per_device
         self.init, self.iterate = _round_fns(model.models, self.hp, config.seed)
         self.score = _score_fn(model.models[0], self.hp)
-        self.teacher_vars = parallel.replicate(self.mesh, model.variables)
+        self.teacher_vars = parallel.replicate(self.mesh, _with_class_stats(config, stage_dir, model))
         self.start = None
         if rc.init != "noise":
             self.start = real_init.start_images(config, model.models[0], model.variables[0],
@@ -97,8 +108,7 @@ class _Recovery:
             v = teachers.load_one(rc.verifier, config.data, "verifier")
             self.verifier = (_score_fn(v.models[0], self.hp),
                              parallel.replicate(self.mesh, v.variables[0]))
-        names = model.meta.get("class_names") or [str(i) for i in range(config.data.num_classes)]
-        self.folders = image_files.class_folder_names(list(names))
+        self.folders = folders
         self.mngr = checkpoint.manager(os.path.join(stage_dir, "checkpoints"), max_to_keep=1)
         self.rounds = plan.rounds(todo, self.slots)
         self.log = MetricsLog(stage_dir, total_steps=len(self.rounds) * self.hp.iterations,
@@ -188,31 +198,48 @@ class _Recovery:
         self.mngr.close()
 
 
+METHODS = ("sre2l", "rded")
+
+
 def run(config, workdir: str) -> dict:
-    """Recover the configured batches into `workdir/recover/images` and write the manifest."""
+    """Recover the configured images into `workdir/recover/images` and write the manifest."""
+    rc = config.recover
+    if rc.method not in METHODS:
+        raise ValueError(f"unknown recover.method {rc.method!r}; known: {METHODS}")
     stage_dir = os.path.join(workdir, "recover")
-    model = teachers.load(config, workdir).with_dtype(compute_dtype(config.recover))
-    everything, batches = plan.configured_batches(config)
+    model = teachers.load(config, workdir).with_dtype(compute_dtype(rc))
     inputs = {"teachers": model.fingerprint()}
     stage_state.Claim(stage_dir, {**settings(config), "inputs": inputs}, "recovered images").take()
     progress = stage_state.Progress(os.path.join(stage_dir, "progress.json"))
-    todo = [b for b in batches if str(b.index) not in progress.done]
-    recovery = _Recovery(config, stage_dir, model, todo, sum(len(b.classes) for b in batches))
+    names = model.meta.get("class_names") or [str(i) for i in range(config.data.num_classes)]
+    folders = image_files.class_folder_names(list(names))
     t_start = time.time()
+    if rc.method == "rded":
+        keys = rded.recover(config, stage_dir, model, progress, folders)
+    else:
+        keys = _optimize(config, stage_dir, model, progress, folders)
+    # The manifest covers every finished unit, so runs over ipc/class ranges fill in one set.
+    entries = [e for k in keys if k in progress.done for e in progress.done[k]]
+    summary = {**_summary(entries, model.paths[0], time.time() - t_start),
+               "image_dir": os.path.join(stage_dir, "images")}
+    if jax.process_index() == 0:
+        image_files.write_manifest(stage_dir, {"config": config.to_dict(), "summary": summary,
+                                               "class_folders": folders, "images": entries})
+    logging.info("recover: %s", summary)
+    return summary
+
+
+def _optimize(config, stage_dir: str, model: teachers.Teachers, progress, folders) -> list[str]:
+    """SRe²L: optimize every configured batch not finished yet; returns every batch's key."""
+    everything, batches = plan.configured_batches(config)
+    todo = [b for b in batches if str(b.index) not in progress.done]
+    recovery = _Recovery(config, stage_dir, model, todo, sum(len(b.classes) for b in batches), folders)
     for r, jobs in enumerate(recovery.rounds):
         records = recovery.run_round(r, jobs, len(progress.done))
         for b in jobs:
             progress.finish(str(b.index), records[b.index])
     recovery.close()
-    # The manifest covers every finished batch, so runs over ipc/class ranges fill in one set.
-    entries = [e for b in everything if str(b.index) in progress.done for e in progress.done[str(b.index)]]
-    summary = {**_summary(entries, model.paths[0], time.time() - t_start),
-               "image_dir": os.path.join(stage_dir, "images")}
-    if jax.process_index() == 0:
-        image_files.write_manifest(stage_dir, {"config": config.to_dict(), "summary": summary,
-                                               "class_folders": recovery.folders, "images": entries})
-    logging.info("recover: %s", summary)
-    return summary
+    return [str(b.index) for b in everything]
 
 
 def _summary(entries: list[dict], teacher_path: str, seconds: float) -> dict:

@@ -1,0 +1,142 @@
+"""RDED (Sun et al., CVPR 2024, LINs-lab/RDED): pick realistic real patches, no optimization.
+
+Per class c, over `rded_pool` real train images of c (the class's seeded order, as real_init's):
+  1. `rded_crops` RandomResizedCrop(size // f, scale=rded_crop_scale, ratio 1) boxes per image;
+  2. each crop, resized to size // f and zero-padded (centred, in normalized space: the mean
+     colour) to size × size, is scored by the scoring model's cross-entropy on c;
+  3. every image keeps its lowest-loss crop, and the ipc·f² images with the lowest loss are kept,
+     best first;
+  4. output image k stitches f × f of them, grid cell j (row-major) holding the (j·ipc + k)-th; a
+     cell is size // f pixels, the first size % f rows and columns one more (RDED's `mix_images`).
+With f = 1 an output image is its selected crop at size × size. A class's images depend only on
+(seed, class, the settings), not on devices, hosts or the other classes, and a finished class is
+recorded in progress.json (resume skips it). Every process scores every class, so several hosts
+take as long as one; each writes the images of its own classes (c mod processes).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from sre2l_jax.data import sources
+from sre2l_jax.data.transforms import EvalResize, resize_image, rrc_params
+from sre2l_jax.formats import images as image_files
+from sre2l_jax.recover.real_init import Scorer, class_permutation, crop_to
+
+_TAG = 0x8DED  # keeps RDED's crop draws apart from other uses of the seed
+SCORERS = ("teacher", "ensemble")
+
+
+def cell_sizes(size: int, factor: int) -> list[int]:
+    """Rows (or columns) of each grid cell: size // f, the first size % f of them one more."""
+    base, extra = divmod(size, factor)
+    return [base + (1 if i < extra else 0) for i in range(factor)]
+
+
+def stitch(patches: list[np.ndarray], size: int, factor: int) -> np.ndarray:
+    """f × f uint8 patches (row-major) → one size × size image, each patch resized to its cell."""
+    sizes = cell_sizes(size, factor)
+    rows = []
+    for r, h in enumerate(sizes):
+        row = [resize_image(patches[r * factor + j], (h, w)) for j, w in enumerate(sizes)]
+        rows.append(np.concatenate([p if p.ndim == 3 else p[..., None] for p in row], axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def pad_center(x: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad normalized HWC patches [N, h, w, C] to [N, size, size, C], centred."""
+    h, w = x.shape[1:3]
+    top, left = (size - h) // 2, (size - w) // 2
+    return np.pad(x, ((0, 0), (top, size - h - top), (left, size - w - left), (0, 0)))
+
+
+def select(losses: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """losses [images, crops] → (best crop of each image, the `keep` images with the lowest loss
+    of their best crop, lowest first). Ties keep the earlier image / crop."""
+    best_crop = np.argmin(losses, axis=1)
+    best_loss = losses[np.arange(len(losses)), best_crop]
+    return best_crop, np.argsort(best_loss, kind="stable")[:keep]
+
+
+class Selector:
+    """RDED's selection for one run: the train split, the scoring model and the settings."""
+
+    def __init__(self, config, scoring_model, scoring_variables):
+        rc, dc = config.recover, config.data
+        if rc.rded_scorer not in SCORERS:
+            raise ValueError(f"unknown recover.rded_scorer {rc.rded_scorer!r}; known: {SCORERS}")
+        if rc.rded_factor < 1 or dc.image_size // rc.rded_factor < 1:
+            raise ValueError(f"recover.rded_factor={rc.rded_factor} must be ≥ 1 and ≤ the image size")
+        self.rc, self.seed, self.size, self.factor = rc, config.seed, dc.image_size, rc.rded_factor
+        self.source = sources.build_source(dc, "train")
+        self.labels = sources.source_labels(self.source)
+        fit = EvalResize(dc.image_size, dc.eval_resize)
+        self.load = lambda i: np.asarray(fit.map(self.source[int(i)])["image"])
+        self.scorer = Scorer(scoring_model, scoring_variables, dc.mean, dc.std)
+
+    def candidates(self, c: int) -> tuple[np.ndarray, list[list[tuple]]]:
+        """The class's pool of train indices and `rded_crops` crop boxes per pool image."""
+        perm = class_permutation(self.labels, c, self.seed)
+        pool = perm[np.arange(min(self.rc.rded_pool, len(perm)))]
+        rng = np.random.default_rng([self.seed, _TAG, c])
+        boxes = [[rrc_params(rng, self.size, self.size, tuple(self.rc.rded_crop_scale), (1.0, 1.0))
+                  for _ in range(self.rc.rded_crops)] for _ in pool]
+        return pool, boxes
+
+    def losses(self, c: int, pool: np.ndarray, boxes: list[list[tuple]]) -> np.ndarray:
+        """Cross-entropy on class c of every (image, crop), scored at size × size."""
+        patch = self.size // self.factor
+        crops = np.stack([crop_to(self.load(i), box, patch) for i, bs in zip(pool, boxes) for box in bs])
+        x = pad_center(self.scorer.normalize(crops), self.size)
+        p = self.scorer.probabilities(x)[:, c]
+        return -np.log(np.maximum(p, 1e-30)).reshape(len(pool), -1)
+
+    def class_images(self, c: int, ipc: int) -> list[dict]:
+        """The class's `ipc` output images (uint8) with where their patches came from."""
+        pool, boxes = self.candidates(c)
+        losses = self.losses(c, pool, boxes)
+        f2 = self.factor ** 2
+        if len(pool) < ipc * f2:
+            raise ValueError(f"RDED needs {ipc * f2} images of class {c} (ipc × factor²) but the pool "
+                             f"has {len(pool)}; raise recover.rded_pool or lower the factor")
+        best_crop, order = select(losses, ipc * f2)
+        patch = self.size // self.factor
+        out = []
+        for k in range(ipc):
+            picks = [order[j * ipc + k] for j in range(f2)]
+            patches = [crop_to(self.load(pool[i]), boxes[i][best_crop[i]], patch) for i in picks]
+            image = patches[0] if self.factor == 1 else stitch(patches, self.size, self.factor)
+            out.append({"image": image, "sources": [int(pool[i]) for i in picks],
+                        "boxes": [list(boxes[i][best_crop[i]]) for i in picks],
+                        "ce": float(np.mean([losses[i, best_crop[i]] for i in picks]))})
+        return out
+
+
+def recover(config, stage_dir: str, model, progress, folders: list[str]) -> list[str]:
+    """Select every class's images (skipping finished classes); returns the progress keys."""
+    rc = config.recover
+    scoring = (model.ensemble, model.variables) if rc.rded_scorer == "ensemble" else \
+        (model.models[0], model.variables[0])
+    selector = Selector(config, *scoring)
+    keys = [f"class{c}" for c in range(config.data.num_classes)]
+    for c, key in enumerate(keys):
+        if key in progress.done:
+            continue
+        chosen = selector.class_images(c, rc.ipc)
+        images = np.stack([e["image"] for e in chosen])
+        probs = selector.scorer.probabilities(selector.scorer.normalize(images))
+        records = []
+        for k, e in enumerate(chosen):
+            file = image_files.image_file(folders[c], k, rc.ipc, rc.image_format)
+            if c % jax.process_count() == jax.process_index():
+                image_files.save_image(os.path.join(stage_dir, "images", file), e["image"], rc.jpeg_quality)
+            records.append({"class": c, "ipc": k, "file": file, "ce": e["ce"],
+                            "teacher_pred": int(np.argmax(probs[k])), "init_sources": e["sources"],
+                            "boxes": e["boxes"]})
+        progress.finish(key, records)
+        print(f"recover (rded): class {c + 1}/{len(keys)}, mean patch CE "
+              f"{np.mean([r['ce'] for r in records]):.3f}", flush=True)
+    return keys
