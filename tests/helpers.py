@@ -62,6 +62,42 @@ def hparams(**kw) -> objective.RecoverHParams:
     return objective.RecoverHParams(**{**base, **kw})
 
 
+def numpy_forward_stats(variables, x):
+    """Per-BN input (mean, biased var) of the tiny net, by hand in NumPy (eval-mode BN)."""
+    p, s = variables["params"], variables["batch_stats"]
+    out = []
+
+    def conv(h, w, stride):
+        kh = w.shape[0]
+        pad = kh // 2
+        h = np.pad(h, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        n, hh, ww, _ = h.shape
+        oh, ow = (hh - kh) // stride + 1, (ww - kh) // stride + 1
+        y = np.zeros((n, oh, ow, w.shape[3]), np.float64)
+        for i in range(kh):
+            for j in range(kh):
+                patch = h[:, i:i + stride * oh:stride, j:j + stride * ow:stride, :]
+                y += patch @ w[i, j]
+        return y
+
+    def bn(h, name_p, name_s, running):
+        out.append((h.mean((0, 1, 2)), h.var((0, 1, 2)), np.asarray(running["mean"]),
+                    np.asarray(running["var"])))
+        return (h - running["mean"]) / np.sqrt(running["var"] + 1e-5) * name_p["scale"] + name_p["bias"]
+
+    relu = lambda h: np.maximum(h, 0)
+    h = relu(bn(conv(x, p["conv1"]["kernel"], 1), p["bn1"], None, s["bn1"]))
+    for layer, stride in (("layer1_0", 1), ("layer2_0", 2)):
+        lp, ls = p[layer], s[layer]
+        y = relu(bn(conv(h, lp["conv1"]["kernel"], stride), lp["bn1"], None, ls["bn1"]))
+        y = bn(conv(y, lp["conv2"]["kernel"], 1), lp["bn2"], None, ls["bn2"])
+        if "downsample_conv" in lp:
+            h = bn(conv(h, lp["downsample_conv"]["kernel"], stride), lp["downsample_bn"], None,
+                   ls["downsample_bn"])
+        h = relu(y + h)
+    return out
+
+
 def read_floats(workdir) -> dict:
     """{(class, ipc): float32 image} of a recovery run with `recover.save_float`."""
     images_dir = os.path.join(str(workdir), "recover", "images")

@@ -15,6 +15,7 @@ from helpers import (
     assert_same_images,
     compiles,
     hparams,
+    numpy_forward_stats,
     pngs,
     read_floats,
     recover_floats,
@@ -27,56 +28,20 @@ from sre2l_jax.models import apply_with_bn_stats
 from sre2l_jax.recover import objective, plan
 
 
-def _numpy_forward_stats(variables, x):
-    """Per-BN input (mean, biased var) of the tiny net, by hand in NumPy (eval-mode BN)."""
-    p, s = variables["params"], variables["batch_stats"]
-    out = []
-
-    def conv(h, w, stride):
-        kh = w.shape[0]
-        pad = kh // 2
-        h = np.pad(h, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-        n, hh, ww, _ = h.shape
-        oh, ow = (hh - kh) // stride + 1, (ww - kh) // stride + 1
-        y = np.zeros((n, oh, ow, w.shape[3]), np.float64)
-        for i in range(kh):
-            for j in range(kh):
-                patch = h[:, i:i + stride * oh:stride, j:j + stride * ow:stride, :]
-                y += patch @ w[i, j]
-        return y
-
-    def bn(h, name_p, name_s, running):
-        out.append((h.mean((0, 1, 2)), h.var((0, 1, 2)), np.asarray(running["mean"]),
-                    np.asarray(running["var"])))
-        return (h - running["mean"]) / np.sqrt(running["var"] + 1e-5) * name_p["scale"] + name_p["bias"]
-
-    relu = lambda h: np.maximum(h, 0)
-    h = relu(bn(conv(x, p["conv1"]["kernel"], 1), p["bn1"], None, s["bn1"]))
-    for layer, stride in (("layer1_0", 1), ("layer2_0", 2)):
-        lp, ls = p[layer], s[layer]
-        y = relu(bn(conv(h, lp["conv1"]["kernel"], stride), lp["bn1"], None, ls["bn1"]))
-        y = bn(conv(y, lp["conv2"]["kernel"], 1), lp["bn2"], None, ls["bn2"])
-        if "downsample_conv" in lp:
-            h = bn(conv(h, lp["downsample_conv"]["kernel"], stride), lp["downsample_bn"], None,
-                   ls["downsample_bn"])
-        h = relu(y + h)
-    return out
-
-
 def test_bn_loss_and_gradient_match_independent_numpy(tiny_teacher):
     model, variables, _ = tiny_teacher
     variables = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
     x = np.random.default_rng(0).normal(size=(3, 12, 12, 1))
 
     def numpy_bn_loss(xx):
-        stats = _numpy_forward_stats(variables, xx)
+        stats = numpy_forward_stats(variables, xx)
         return sum((10.0 if i == 0 else 1.0) * (np.linalg.norm(v - rv) + np.linalg.norm(m - rm))
                    for i, (m, v, rm, rv) in enumerate(stats))
 
     v32 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), variables)
     engine = lambda xx: objective.bn_matching_loss(
         apply_with_bn_stats(model, v32, xx)[1], 10.0)
-    assert len(_numpy_forward_stats(variables, x)) == len(apply_with_bn_stats(model, v32, x)[1]) == 6
+    assert len(numpy_forward_stats(variables, x)) == len(apply_with_bn_stats(model, v32, x)[1]) == 6
     np.testing.assert_allclose(float(engine(jnp.asarray(x, jnp.float32))), numpy_bn_loss(x), rtol=1e-5)
 
     grad = np.asarray(jax.grad(engine)(jnp.asarray(x, jnp.float32)))

@@ -1,0 +1,173 @@
+"""The later methods in the engine: RDED selection, class-conditional statistics (EDC), backbones."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import REPO, TESTS, numpy_forward_stats, pngs, tiny_config, write_idx
+
+from sre2l_jax import squeeze, teachers
+from sre2l_jax.data import sources
+from sre2l_jax.models import apply_with_bn_stats
+from sre2l_jax.recover import class_stats, objective, rded
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """4 classes × 12 train images of 12² (labels i mod 4), a small test split."""
+    root = tmp_path_factory.mktemp("methods_idx")
+    rng = np.random.default_rng(7)
+    for prefix, n in (("train", 48), ("t10k", 8)):
+        images = rng.integers(0, 256, (n, 12, 12), dtype=np.uint8)
+        write_idx(str(root / f"{prefix}-images-idx3-ubyte"), images)
+        write_idx(str(root / f"{prefix}-labels-idx1-ubyte"), (np.arange(n) % 4).astype(np.uint8))
+    return str(root)
+
+
+def _config(data_dir, teacher_path, **recover_opts):
+    c = tiny_config(teacher=teacher_path)
+    c.data.source, c.data.dir, c.data.class_ids = "idx", data_dir, (0, 1, 2, 3)
+    for k, v in recover_opts.items():
+        c.recover[k] = v
+    return c
+
+
+def test_class_statistics_equal_a_numpy_per_class_computation(tmp_path, data_dir, tiny_teacher):
+    model, variables, path = tiny_teacher
+    c = _config(data_dir, path)
+    got = class_stats.compute(c, str(tmp_path), 0, model, variables, save_every=1)
+    train = sources.build_source(c.data, "train")
+    images = np.stack([train[i]["image"] for i in range(len(train))]).astype(np.float64)
+    x = (images / 255.0 - 0.5) / 0.25
+    labels = sources.source_labels(train)
+    v64 = jax.tree.map(lambda a: np.asarray(a, np.float64), variables)
+    for cls in range(4):
+        want = numpy_forward_stats(v64, x[labels == cls])  # pooled over the class's images, H, W
+        assert len(want) == len(got) == 6
+        for layer, (mean, var, _, _) in enumerate(want):
+            np.testing.assert_allclose(got[layer]["mean"][cls], mean, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(got[layer]["var"][cls], var, rtol=1e-4, atol=1e-5)
+    # Cached: a second call reads the file (and the settings claim keeps other data out).
+    again = class_stats.compute(c, str(tmp_path), 0, model, variables)
+    np.testing.assert_array_equal(again[3]["var"], got[3]["var"])
+
+
+def test_alpha_zero_is_sre2l_and_alpha_one_is_class_conditional(tiny_teacher):
+    model, variables, _ = tiny_teacher
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 12, 12, 1)), jnp.float32)
+    labels = jnp.asarray([0, 1, 1, 3])
+    _, stats = apply_with_bn_stats(model, variables, x)
+    rng = np.random.default_rng(1)
+    cstats = [{"mean": jnp.asarray(rng.normal(size=(4, s["mean"].shape[0])), jnp.float32),
+               "var": jnp.asarray(rng.uniform(0.5, 2, (4, s["var"].shape[0])), jnp.float32)}
+              for _, s in stats]
+    sre2l = objective.bn_matching_loss(stats, 10.0)
+    assert float(objective.bn_matching_loss(stats, 10.0, cstats, labels, 0.0)) == float(sre2l)
+    by_hand = 0.0
+    for i, (_, s) in enumerate(stats):
+        tm = np.mean(np.asarray(cstats[i]["mean"])[[0, 1, 1, 3]], 0)
+        tv = np.mean(np.asarray(cstats[i]["var"])[[0, 1, 1, 3]], 0)
+        by_hand += (10.0 if i == 0 else 1.0) * (np.linalg.norm(np.asarray(s["var"]) - tv)
+                                                + np.linalg.norm(np.asarray(s["mean"]) - tm))
+    np.testing.assert_allclose(float(objective.bn_matching_loss(stats, 10.0, cstats, labels, 1.0)), by_hand,
+                               rtol=1e-5)
+    half = objective.bn_matching_loss(stats, 10.0, cstats, labels, 0.5)
+    np.testing.assert_allclose(float(half), 0.5 * float(sre2l) + 0.5 * by_hand, rtol=1e-5)
+
+
+def test_rded_keeps_the_lowest_loss_crops(data_dir, tiny_teacher):
+    """Selection against brute force: every crop scored alone, argmin per image, best images."""
+    model, variables, path = tiny_teacher
+    c = _config(data_dir, path, rded_pool=8, rded_crops=3, ipc=2)
+    sel = rded.Selector(c, model, variables)
+    pool, boxes = sel.candidates(1)
+    assert len(pool) == 8 and all(sources.source_labels(sel.source)[pool] == 1)
+    losses = sel.losses(1, pool, boxes)
+    brute = np.zeros((8, 3))
+    for i, image in enumerate(pool):
+        for j, box in enumerate(boxes[i]):
+            crop = sel.scorer.normalize(rded.crop_to(sel.load(image), box, 12))[None]
+            logits = model.apply(variables, jnp.asarray(crop), train=False)
+            brute[i, j] = -float(jax.nn.log_softmax(logits)[0, 1])
+    np.testing.assert_allclose(losses, brute, rtol=1e-4, atol=1e-5)
+    out = sel.class_images(1, 2)
+    best = np.argsort(brute.min(1), kind="stable")[:2]
+    assert [e["sources"][0] for e in out] == [int(pool[i]) for i in best]
+    assert [e["boxes"][0] for e in out] == [list(boxes[i][int(np.argmin(brute[i]))]) for i in best]
+
+
+@pytest.mark.parametrize("size", [12, 13])
+def test_stitch_puts_each_patch_in_its_cell(size):
+    patches = [np.full((5, 5, 1), 10 * (k + 1), np.uint8) for k in range(4)]
+    image = rded.stitch(patches, size, 2)
+    h = rded.cell_sizes(size, 2)
+    assert image.shape == (size, size, 1) and h[0] + h[1] == size and h[0] >= h[1]
+    assert np.all(image[:h[0], :h[0]] == 10) and np.all(image[:h[0], h[0]:] == 20)
+    assert np.all(image[h[0]:, :h[0]] == 30) and np.all(image[h[0]:, h[0]:] == 40)
+    assert rded.select(np.array([[3.0, 1.0], [0.5, 2.0], [4.0, 4.0]]), 2)[1].tolist() == [1, 0]
+
+
+def _cli(workdir, teacher, data_dir, devices, extra=(), env_extra=None):
+    config = f"{TESTS}/tiny_config.py:recover,teacher={teacher},num_devices={devices}"
+    args = [sys.executable, "-m", "sre2l_jax.main", f"--config={config}", f"--workdir={workdir}",
+            "--config.data.source=idx", f"--config.data.dir={data_dir}", "--config.data.class_ids=(0,1,2,3)",
+            *extra]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, TESTS]), **(env_extra or {}),
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={max(devices, 1)}"}
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("method", ["rded", "edc"])
+def test_method_images_identical_on_1_and_2_devices_and_after_kill(tmp_path, data_dir, tiny_teacher, method):
+    """RDED (per class) and EDC-style recovery (real init + class-conditional BN loss): the same
+    PNGs on 1 and 2 devices, and when killed mid-run and resumed."""
+    extra = {"rded": ["--config.recover.method=rded", "--config.recover.rded_pool=6",
+                      "--config.recover.rded_crops=2"],
+             "edc": ["--config.recover.init=real_random", "--config.recover.alpha_class=0.5",
+                     "--config.recover.iterations=12"]}[method]
+    teacher = tiny_teacher[2]
+    for devices in (1, 2):
+        p = _cli(tmp_path / f"d{devices}", teacher, data_dir, devices, extra)
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    ref = pngs(tmp_path / "d1" / "recover" / "images")
+    assert len([f for f in ref if f.endswith(".png")]) == 16
+    assert pngs(tmp_path / "d2" / "recover" / "images") == ref
+    # Killed after its first unit of progress (a class for RDED, a checkpoint for EDC), resumed.
+    marker = "class 1/4" if method == "rded" else "step 6/"
+    p = _cli(tmp_path / "killed", teacher, data_dir, 2, extra)
+    for line in p.stdout:
+        if marker in line:
+            p.kill()
+            break
+    p.communicate(timeout=600)
+    assert not os.path.exists(tmp_path / "killed" / "recover" / "manifest.json")
+    p = _cli(tmp_path / "killed", teacher, data_dir, 1, extra)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    assert pngs(tmp_path / "killed" / "recover" / "images") == ref
+    manifest = json.load(open(tmp_path / "killed" / "recover" / "manifest.json"))
+    assert len(manifest["images"]) == 16 and all("init_sources" in e for e in manifest["images"])
+
+
+def test_backbones_are_trained_teachers_in_the_cycle(tmp_path):
+    c = tiny_config("squeeze")
+    c.squeeze.backbones = ("resnet18:4:1", "_tiny:8:2")
+    b1 = squeeze.backbone_config(c, 1)
+    assert (b1.model.arch, b1.model.width, b1.squeeze.epochs, b1.seed) == ("_tiny", 8, 2, c.seed + 2)
+    assert b1.squeeze.backbones == ()
+    c.squeeze.backbones = ("resnet18-4",)
+    with pytest.raises(ValueError, match="not 'arch:width:epochs'"):
+        squeeze.backbone_config(c, 0)
+    c.squeeze.backbones, c.recover.extra_teachers = ("a:1:1", "b:2:2"), ("/x",)
+    paths = teachers.all_paths(c, str(tmp_path))
+    backbones = tmp_path / "squeeze" / "backbones"
+    assert paths == [str(tmp_path / "squeeze" / "model"), str(backbones / "0" / "model"),
+                     str(backbones / "1" / "model"), "/x"]
+    c.recover.teacher = "/elsewhere"  # another workdir's teacher: its backbones are not ours
+    assert teachers.all_paths(c, str(tmp_path)) == ["/elsewhere", "/x"]
