@@ -4,14 +4,15 @@ Whole pipeline, CPU (about 20 minutes on 2 cores):
   python -m sre2l_jax.main --config=configs/fashion_mnist.py:all --workdir=workdirs/fmnist
 One stage, or a smoke run of it:
   python -m sre2l_jax.main --config=configs/fashion_mnist.py:squeeze,runlocal --workdir=/tmp/fm
-Options after the stage: runlocal, ipc=N, width=N, iterations=N, seeds=N (student seeds).
+Options after the stage: runlocal, ipc=N, width=N, iterations=N, seeds=N (student seeds),
+method=sre2l|rded|edc (a later method instead of SRe²L; README "Later methods"), holdout=N.
 """
 
 from sre2l_jax import configlib
 
 
 def get_config(arg: str | None = None):
-    arg = configlib.parse_arg(arg, ipc=10, width=8, iterations=1000, seeds=1)
+    arg = configlib.parse_arg(arg, ipc=10, width=8, iterations=1000, seeds=1, method="sre2l", holdout=0)
     c = configlib.base_config()
     c.stage, c.runlocal = arg.stage, arg.runlocal
 
@@ -24,6 +25,7 @@ def get_config(arg: str | None = None):
     c.data.channels = 1
     c.data.mean, c.data.std = (0.2860,), (0.3530,)
     c.data.train_augment = "flip"  # SPEC/Table 2: augmentation in squeeze hurts recovery
+    c.data.holdout = arg.holdout  # e.g. 5000: the split the recipes in the README were chosen on
 
     c.model.arch, c.model.stem, c.model.width = "resnet18", "lowres", arg.width
 
@@ -44,6 +46,7 @@ def get_config(arg: str | None = None):
     st.epochs, st.batch_size, st.arch, st.width, st.eval_every_epochs = 300, 100, "resnet18", arg.width, 50
     c.validate.seeds = tuple(range(arg.seeds))  # seeds=3 for the mean ± std table
 
+    configlib.apply_method(c, arg.method)
     if arg.runlocal:
         configlib.shrink_for_runlocal(c)
     return configlib.lock(c)

@@ -219,6 +219,44 @@ EXECUTION_KEYS = frozenset({
 })
 
 
+# Student recipes from the authors' scripts (facts; README "Student recipes"). `student.*` keys.
+STUDENT_RECIPES = {
+    # SRe²L's ImageNet recipe as the Fashion-MNIST default first had it: batch 100 = the IPC-10 set.
+    "sre2l_paper": {"batch_size": 100, "epochs": 300, "schedule": "cosine_epoch", "crop": "rrc",
+                    "crop_scale": (0.08, 1.0), "mix": "cutmix", "loss": "kl", "ema": 0.0},
+    # EDC's CIFAR-10 student (Branch_CIFAR_10/train): small batches, 1000 epochs, MultiStepLR,
+    # MSE to the teacher's logits + 0.025·CE, EMA 0.99 of the parameters, RRC + flip + CutMix.
+    "edc": {"batch_size": 25, "epochs": 1000, "schedule": "multistep", "milestones": (0.8, 0.9, 0.95),
+            "gamma": 0.5, "crop": "rrc", "crop_scale": (0.08, 1.0), "mix": "cutmix", "loss": "mse_ce",
+            "ce_weight": 0.025, "ema": 0.99},
+    # RDED's student (validation/main.py): batch 50 at IPC 10, 300 epochs, cosine to 0.5×, KL τ 20.
+    "rded": {"batch_size": 50, "epochs": 300, "schedule": "smooth_cosine", "zeta": 2.0, "crop": "rrc",
+             "crop_scale": (0.08, 1.0), "mix": "cutmix", "loss": "kl", "temperature": 20.0, "ema": 0.0},
+}
+# EDC's recovery (CIFAR-10 script) as `recover.*` keys; batch_size "all": every image in one batch.
+EDC_RECOVERY = {"init": "real_random", "alpha_class": 0.5, "iterations": 75, "lr": 0.05,
+                "batch_size": "all", "crop": True, "crop_scale": (0.08, 1.0), "jitter": (0, 0)}
+EDC_BACKBONES = ("resnet18:8:2", "resnet18:16:2")  # briefly trained teachers beside the main one
+
+
+METHODS = ("sre2l", "rded", "edc")
+
+
+def apply_method(c: ml_collections.ConfigDict, method: str) -> None:
+    """Switch a data set's SRe²L config to a later method: `rded` (real patches, RDED's student)
+    or `edc` (EDC's recovery, backbones and student). `sre2l` changes nothing."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {METHODS}")
+    if method == "rded":
+        c.recover.method = "rded"
+        c.student.update(STUDENT_RECIPES["rded"])
+    elif method == "edc":
+        for key, value in EDC_RECOVERY.items():
+            c.recover[key] = c.recover.ipc * c.data.num_classes if value == "all" else value
+        c.squeeze.backbones = EDC_BACKBONES
+        c.student.update(STUDENT_RECIPES["edc"])
+
+
 def moved_key_error(key: str) -> str | None:
     """The message for a key that moved (`relabel.temperature`), or None."""
     new = MOVED_KEYS.get(key)

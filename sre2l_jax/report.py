@@ -143,7 +143,7 @@ def results_rows(workdir: str) -> list[tuple[str, str, str]]:
     val = read_json(os.path.join(workdir, "validate", "summary.json"))
     if val:
         n = len(val.get("seeds") or [0])
-        rows.append((f"SRe²L student ({val.get('student')}, IPC {val.get('ipc')}, soft labels)",
+        rows.append((f"distilled-set student ({val.get('student')}, IPC {val.get('ipc')}, soft labels)",
                      _entry_text(val, n), _entry_text(val, n, "holdout_top1")))
         for name in val.get("baselines") or ():
             rows.append((f"baseline {name}", _entry_text(val[name], n),

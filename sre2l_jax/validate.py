@@ -273,7 +273,10 @@ def run(config, workdir: str) -> dict:
 
     counts = np.bincount(labels, minlength=config.data.num_classes)
     summary = _summary(config, results, counts, teacher_eval, model.paths[0])
-    summary["dd_ranking"] = _dd_ranking(config, summary, teacher_eval, model.meta)
+    # The full-data model is the (first) teacher itself, not an ensemble of several.
+    first = teacher_eval if len(model.models) == 1 else students.evaluate(model.models[0],
+                                                                         model.variables[0])
+    summary["dd_ranking"] = _dd_ranking(config, summary, first, model.meta)
     summary["seconds_this_run"] = time.time() - t0
     if jax.process_index() == 0:
         stage_state.write_json_atomic(os.path.join(students.stage_dir, "summary.json"), summary)

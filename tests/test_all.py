@@ -21,12 +21,12 @@ def test_all_writes_report_and_second_run_skips_finished_stages(tmp_path, capsys
     first = stages.run_all(c, workdir)
     out = capsys.readouterr().out
     assert set(first) == set(stages.PIPELINE)
-    assert "SRe²L student" in out and "baseline real_soft" in out
+    assert "distilled-set student" in out and "baseline real_soft" in out
     report = os.path.join(workdir, "report")
     for name in ("grid.png", "tsne.png", "curves.png"):
         assert os.path.getsize(os.path.join(report, name)) > 5000, name
     html = open(os.path.join(report, "index.html")).read()
-    assert 'src="tsne.png"' in html and "SRe²L student" in html
+    assert 'src="tsne.png"' in html and "distilled-set student" in html and 'src="real_grid.png"' in html
     summary = json.load(open(os.path.join(workdir, "validate", "summary.json")))
     assert 0 <= summary["top1"] <= 100 and summary["ipc"] == c.recover.ipc
 

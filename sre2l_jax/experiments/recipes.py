@@ -19,8 +19,8 @@ import os
 import jax
 from absl import flags
 
+from sre2l_jax import configlib, stages, teachers
 from sre2l_jax import main as cli
-from sre2l_jax import stages, teachers
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.metrics import mean_std_text
 from sre2l_jax.stage_state import read_json, write_json_atomic, write_text_atomic
@@ -29,20 +29,7 @@ _RECIPES = flags.DEFINE_list("recipes", ["sre2l_paper", "edc"], "Named recipes t
 _SET = flags.DEFINE_list("set", [], "student.key=value overrides for every recipe.")
 _NAME = flags.DEFINE_string("name", "", "Row name suffix for --set sweeps.")
 
-# name -> student settings on top of the config (facts from the authors' scripts, see README).
-RECIPES = {
-    # SRe²L's ImageNet recipe as the Fashion-MNIST default had it: one batch = the whole IPC-10 set.
-    "sre2l_paper": {"batch_size": 100, "epochs": 300, "schedule": "cosine_epoch", "crop": "rrc",
-                    "crop_scale": (0.08, 1.0), "mix": "cutmix", "loss": "kl", "ema": 0.0},
-    # EDC's CIFAR-10 student (Branch_CIFAR_10/train): small batches, 1000 epochs, MultiStepLR,
-    # MSE to the teacher's logits + 0.025·CE, EMA 0.99 of the parameters, RRC + flip + CutMix.
-    "edc": {"batch_size": 25, "epochs": 1000, "schedule": "multistep", "milestones": (0.8, 0.9, 0.95),
-            "gamma": 0.5, "crop": "rrc", "crop_scale": (0.08, 1.0), "mix": "cutmix", "loss": "mse_ce",
-            "ce_weight": 0.025, "ema": 0.99},
-    # RDED's student (validation/main.py): batch 50 at IPC 10, 300 epochs, cosine to 0.5×, KL τ 20.
-    "rded": {"batch_size": 50, "epochs": 300, "schedule": "smooth_cosine", "zeta": 2.0, "crop": "rrc",
-             "crop_scale": (0.08, 1.0), "mix": "cutmix", "loss": "kl", "temperature": 20.0, "ema": 0.0},
-}
+RECIPES = configlib.STUDENT_RECIPES
 
 
 def _overrides(pairs: list[str]) -> dict:

@@ -19,8 +19,8 @@ import os
 import jax
 from absl import flags
 
+from sre2l_jax import configlib, report, squeeze, stages, teachers
 from sre2l_jax import main as cli
-from sre2l_jax import report, stages, teachers
 from sre2l_jax.metrics import mean_std_text
 from sre2l_jax.stage_state import write_json_atomic, write_text_atomic
 
@@ -38,6 +38,11 @@ VARIANTS = {
     # Real init with a tenth of the iterations: how far the BN-matching optimization should move
     # the real images (0 iterations would be baseline (a) with another random subset).
     "real_init_100it": {"init": "real_random", "iterations": 100},
+    "rded": {"method": "rded"},
+    # EDC (CIFAR-10 script): real init, category-aware BN matching (α 0.5), 75 iterations of Adam
+    # lr 0.05 on all images in one batch with RandomResizedCrop, briefly trained backbones rotated
+    # per iteration and their ensemble as the soft-label teacher.
+    "edc": {**configlib.EDC_RECOVERY, "extra_teachers": "backbones"},
 }
 BASELINES = {"real_soft": "(a) random real + soft labels", "real_hard": "(b) random real + hard labels",
              "synthetic_hard": "(c) SRe²L images + hard labels"}
@@ -55,9 +60,25 @@ def second_teacher(config, workdir: str) -> str:
     return teachers.default_path(c2, sub)
 
 
-def _row(name: str, val: dict, rec: dict | None) -> dict:
+def backbone_teachers(config, workdir: str) -> list[str]:
+    """Train (once each) `configlib.EDC_BACKBONES` with the squeeze recipe; their model paths."""
+    paths = []
+    for i in range(len(configlib.EDC_BACKBONES)):
+        c = copy.deepcopy(config)
+        c.unlock()
+        c.squeeze.backbones = configlib.EDC_BACKBONES
+        ci = squeeze.backbone_config(c, i)
+        sub = os.path.join(workdir, "variants", f"backbone{i}")
+        stages.run_once(ci, sub, "squeeze")
+        paths.append(teachers.default_path(ci, sub))
+    return paths
+
+
+def _row(name: str, val: dict, rec: dict | None, random_soft: float | None = None) -> dict:
     return {"name": name, "top1": val["top1"], "top1_std": val.get("top1_std", 0.0),
             "per_seed": [p["top1"] for p in val.get("per_seed", [])],
+            "holdout_top1": val.get("holdout_top1"),
+            "ior": None if random_soft is None else val["top1"] - random_soft,
             "teacher_acc_on_images": None if rec is None else rec["teacher_accuracy"]}
 
 
@@ -68,7 +89,8 @@ def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
         raise ValueError(f"unknown variants {sorted(unknown)}; known: {sorted(VARIANTS)}")
     config.unlock()
     plain = stages.run_all(config, workdir)
-    rows = [_row("sre2l", plain["validate"], plain["recover"])]
+    random_soft = plain["validate"].get("real_soft", {}).get("top1")
+    rows = [_row("sre2l", plain["validate"], plain["recover"], random_soft)]
     rows += [_row(BASELINES[b], plain["validate"][b], None) for b in config.validate.baselines]
     config.recover.teacher = teachers.default_path(config, workdir)
     config.validate.baselines = ()
@@ -78,14 +100,17 @@ def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
         c = copy.deepcopy(config)
         for key, value in settings.items():
             if key == "extra_teachers":
-                value = tuple(extra_teachers or [second_teacher(config, workdir)])
+                value = tuple(backbone_teachers(config, workdir) if value == "backbones" else
+                              extra_teachers or [second_teacher(config, workdir)])
+            if key == "batch_size" and value == "all":
+                value = config.recover.ipc * config.data.num_classes
             c.recover[key] = value
         sub = os.path.join(workdir, "variants", name)
         summaries = {s: stages.run_once(c, sub, s) for s in ("recover", "relabel", "validate")}
         images, labels, names = report.synthetic_arrays(sub)
         report.image_grid(images, labels, names, os.path.join(workdir, "variants", f"grid_{name}.png"),
                           title=f"variant: {name}")
-        rows.append(_row(name, summaries["validate"], summaries["recover"]))
+        rows.append(_row(name, summaries["validate"], summaries["recover"], random_soft))
     if jax.process_index() == 0:
         out = os.path.join(workdir, "variants")
         rows = _merge_with_earlier(os.path.join(out, "results.json"), rows)
@@ -110,15 +135,18 @@ def _merge_with_earlier(path: str, rows: list[dict]) -> list[dict]:
 
 def variants_table(config, rows: list[dict]) -> str:
     st = config.student
-    lines = [f"{config.data.name}, IPC {config.recover.ipc}, {config.recover.iterations} recovery "
-             f"iterations; every row: student {st.arch} width {st.width}, {st.epochs} "
-             f"epochs, seeds {list(config.validate.seeds)} (mean ± std)", "",
-             "| method | student top-1 % | per seed | teacher acc. on images % |", "|---|---|---|---|"]
+    lines = [f"{config.data.name}, IPC {config.recover.ipc}; every row: student {st.arch} width "
+             f"{st.width}, {st.epochs} epochs, batch {st.batch_size}, seeds "
+             f"{list(config.validate.seeds)} (mean ± std); IOR = top-1 − random real + soft labels", "",
+             "| method | test top-1 % | holdout top-1 % | IOR | per seed | teacher acc. on images % |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         tacc = "—" if r["teacher_acc_on_images"] is None else f"{r['teacher_acc_on_images']:.1f}"
         seeds = ", ".join(f"{t:.2f}" for t in r["per_seed"])
         top1 = mean_std_text(r["top1"], r["top1_std"], len(r["per_seed"]))
-        lines.append(f"| {r['name']} | {top1} | {seeds} | {tacc} |")
+        holdout = "—" if r.get("holdout_top1") is None else f"{r['holdout_top1']:.2f}"
+        ior = "—" if r.get("ior") is None else f"{r['ior']:+.2f}"
+        lines.append(f"| {r['name']} | {top1} | {holdout} | {ior} | {seeds} | {tacc} |")
     return "\n".join(lines) + "\n"
 
 
