@@ -75,7 +75,7 @@ def recover(spec: dict) -> dict:
     k, nbatch = spec["iters"], spec.get("nbatch", 1)
     dtype = jnp.dtype(spec.get("dtype", "float32"))
     num_classes, alpha_bn, lr, jitter = recover_setup(stem, res)
-    model = create_model("resnet18", num_classes, spec.get("width", 64), stem, dtype)
+    model = create_model(spec.get("arch", "resnet18"), num_classes, spec.get("width", 64), stem, dtype)
     variables = random_variables(model, (res, res, 3))
     hp = objective.RecoverHParams(iterations=1000, lr=lr, image_size=res, mean=IMAGENET_MEAN,
                                      std=IMAGENET_STD, alpha_bn=alpha_bn, jitter=jitter)
@@ -119,6 +119,16 @@ def recover(spec: dict) -> dict:
     best = min(times)
     ms_iter = 1000.0 * best / k
     per_batch_flops = flops / nbatch if flops else None
+    repeat_diff = None
+    if spec.get("check_repeat"):  # the same call twice from the same state: bitwise equal?
+        start = jax.random.normal(jax.random.key(1), x.shape)
+
+        def once():
+            xs = jnp.array(start)
+            state = jax.vmap(tx.init)(xs) if nbatch > 1 else tx.init(xs)
+            return np.asarray(compiled(xs, state, labels, key, np.int32(0), np.int32(k), variables)[0])
+
+        repeat_diff = float(np.max(np.abs(once() - once())))
     return {
         "ms_per_iter": ms_iter, "ms_per_batch_iter": ms_iter / nbatch,
         "images_iters_per_s": nbatch * batch * k / best,
@@ -128,7 +138,8 @@ def recover(spec: dict) -> dict:
         "finite": bool(np.isfinite(np.asarray(x)).all()),
         "rss_setup_mib": rss_setup, "rss_compiled_mib": rss_compiled, "rss_peak_mib": max_rss_mib(),
         "xla_temp_mib": _temp_mib(compiled), "device_memory": _device_memory(),
-        "device": str(jax.devices()[0]),
+        "device": str(jax.devices()[0]), "device_kind": jax.devices()[0].device_kind,
+        "repeat_max_abs_diff": repeat_diff,
     }
 
 

@@ -13,6 +13,7 @@ imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -48,23 +49,27 @@ def recover(spec: dict) -> dict:
     random.seed(0)
     stem, res, batch, k = spec["stem"], spec["res"], spec["batch"], spec["iters"]
     num_classes, alpha_bn, lr, (lo, hi) = recover_setup(stem, res)
-    model = torchvision.models.resnet18(num_classes=num_classes)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = getattr(torchvision.models, spec.get("arch", "resnet18"))(num_classes=num_classes)
     if stem == "lowres":
-        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
-    model.eval()
+    model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad = False
     hooks = [BNFeatureHook(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     first_bn_multiplier = 10.0
     rescale = [first_bn_multiplier] + [1.0] * (len(hooks) - 1)
 
-    targets = torch.arange(batch) % num_classes
-    inputs = torch.randn((batch, 3, res, res), requires_grad=True, dtype=torch.float)
+    targets = (torch.arange(batch) % num_classes).to(device)
+    inputs = torch.randn((batch, 3, res, res), dtype=torch.float, device=device).requires_grad_(True)
     optimizer = torch.optim.Adam([inputs], lr=lr, betas=[0.5, 0.9], eps=1e-8)
     criterion = nn.CrossEntropyLoss()
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    forward = torch.compile(model) if spec.get("compile") else model
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if spec.get("dtype") == "bfloat16"
+                else contextlib.nullcontext())
     lo_clip, hi_clip = -mean / std, (1 - mean) / std
     iterations = 1000
 
@@ -77,9 +82,10 @@ def recover(spec: dict) -> dict:
         off1, off2 = random.randint(lo, hi), random.randint(lo, hi)
         inputs_jit = torch.roll(inputs_jit, shifts=(off1, off2), dims=(2, 3))
         optimizer.zero_grad()
-        outputs = model(inputs_jit)
-        loss_ce = criterion(outputs, targets)
-        loss_bn = sum(h.r_feature * rescale[i] for i, h in enumerate(hooks))
+        with autocast:
+            outputs = forward(inputs_jit)
+            loss_ce = criterion(outputs.float(), targets)
+            loss_bn = sum(h.r_feature.float() * rescale[i] for i, h in enumerate(hooks))
         loss = loss_ce + alpha_bn * loss_bn
         loss.backward()
         optimizer.step()
@@ -87,18 +93,26 @@ def recover(spec: dict) -> dict:
         return loss
 
     rss_setup = max_rss_mib()
-    loss = iteration(0)  # warm-up: allocator, oneDNN primitive caches
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    loss = iteration(0)  # warm-up: allocator, oneDNN primitive caches, torch.compile
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for r in range(spec.get("repeats", 1)):
         ts = time.perf_counter()
         for it in range(1 + r * k, 1 + (r + 1) * k):
             loss = iteration(it)
+        sync()
         times.append(time.perf_counter() - ts)
     best = min(times)
     return {"ms_per_iter": 1000 * best / k, "images_iters_per_s": batch * k / best,
             "times_s": times, "loss": loss.item(), "threads": torch.get_num_threads(),
             "finite": bool(torch.isfinite(inputs).all()), "n_bn": len(hooks),
-            "rss_setup_mib": rss_setup, "rss_peak_mib": max_rss_mib()}
+            "rss_setup_mib": rss_setup, "rss_peak_mib": max_rss_mib(), "device": str(device),
+            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "peak_device_mib": (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+                                else None)}
 
 
 WORKERS = {"torch_recover": recover}
