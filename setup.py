@@ -21,6 +21,8 @@ setup(
         "pillow>=10,<14",
         "matplotlib>=3.8,<4",
         "scikit-learn>=1.4,<2",
+        "tensorboardX>=2.6,<3",  # event files for every stage (writer)
+        "tensorboard>=2.15,<3",  # `tensorboard --logdir W/tensorboard` to view them
     ],
     extras_require={
         # Weight import and the PyTorch reference of the benchmarks only; never imported by the

@@ -24,26 +24,8 @@ def get_config(arg: str | None = None):
     c.data.image_size = 28
     c.data.channels = 1
     c.data.mean, c.data.std = (0.2860,), (0.3530,)
-    c.data.train_augment = "flip"  # SPEC/Table 2: augmentation in squeeze hurts recovery
     c.data.holdout = arg.holdout  # e.g. 5000: the split the recipes in the README were chosen on
-
-    c.model.arch, c.model.stem, c.model.width = "resnet18", "lowres", arg.width
-
-    # Measured on 2 cores: width 8, 8 epochs, flip only → 92.9% in 8.5 min (width 16, 4 epochs,
-    # crop+flip: 90.6% in the same time; width 8 with crop+flip: 91.7%).
-    s = c.squeeze
-    s.epochs, s.batch_size, s.optimizer, s.lr, s.weight_decay = 8, 256, "sgd", 0.1, 5e-4
-    s.warmup_epochs, s.schedule, s.eval_every_epochs, s.checkpoint_every_steps = 0, "cosine_step", 2, 200
-
-    # The authors' low-resolution (CIFAR) recovery recipe: α_BN 0.01, lr 0.25, no multi-crop, jitter
-    # [0, 4]. Measured alternatives (benchmarks/fashion_recover_sweep.py, README): multi-crop at 28²
-    # leaves the teacher at 84% on its own images after 300 iterations and the student lower.
-    r = c.recover
-    r.ipc, r.iterations, r.lr, r.alpha_bn = arg.ipc, arg.iterations, 0.25, 0.01
-    r.crop, r.jitter, r.checkpoint_every = False, (0, 4), 100
-
-    st = c.student
-    st.epochs, st.batch_size, st.arch, st.width, st.eval_every_epochs = 300, 100, "resnet18", arg.width, 50
+    configlib.small_image_recipe(c, width=arg.width, ipc=arg.ipc, iterations=arg.iterations)
     c.validate.seeds = tuple(range(arg.seeds))  # seeds=3 for the mean ± std table
 
     configlib.apply_method(c, arg.method)

@@ -17,16 +17,8 @@ def get_config(arg: str | None = None):
     d.name, d.source, d.dir, d.num_classes = "tiny_imagenet", "imagefolder", arg.data_dir, 200
     d.train_split, d.eval_split, d.image_size, d.channels = "train", "val", 64, 3
     d.mean, d.std = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
-    d.train_augment = "rrc_flip"
-    c.model.arch = arg.arch
-    configlib.lowres_squeeze(c, lr=0.2, weight_decay=1e-4, batch_size=256, epochs=50, warmup_epochs=5)
+    configlib.tiny_imagenet_recipe(c, arch=arg.arch, ipc=arg.ipc)
     c.squeeze.torchvision_weights = arg.weights
-    r = c.recover
-    r.ipc, r.lr, r.alpha_bn, r.iterations, r.jitter, r.batch_size = arg.ipc, 0.1, 1.0, 4000, (-4, 4), 100
-    st = c.student
-    st.temperature, st.mix, st.epochs, st.batch_size = 20.0, "none", 100, 256
-    st.arch, st.optimizer, st.lr, st.momentum, st.weight_decay = arg.arch, "sgd", 0.2, 0.9, 1e-4
-    st.warmup_epochs, st.tau2_factor, st.schedule = 5, True, "cosine_epoch"
     if arg.runlocal:
         configlib.shrink_for_runlocal(c)
     return configlib.lock(c)

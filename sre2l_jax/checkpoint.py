@@ -46,11 +46,21 @@ def load_model(directory: str) -> tuple[dict, dict]:
         raise FileNotFoundError(
             f"no model checkpoint at {directory} (expected {MODEL_META} and variables/); run the "
             "squeeze stage first or import torchvision weights (see README)")
-    with open(os.path.join(directory, MODEL_META)) as f:
-        meta = json.load(f)
-    with ocp.PyTreeCheckpointer() as ckptr:
-        variables = ckptr.restore(os.path.join(directory, "variables"))
+    try:
+        with open(os.path.join(directory, MODEL_META)) as f:
+            meta = json.load(f)
+        with ocp.PyTreeCheckpointer() as ckptr:
+            variables = ckptr.restore(os.path.join(directory, "variables"))
+    except Exception as e:  # Orbax/tensorstore say OUT_OF_RANGE and the like: name the file
+        raise CorruptCheckpointError(
+            f"the model checkpoint at {directory} is corrupt or truncated ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else 'no detail'}); re-create it (rerun squeeze "
+            "or the import) or point to another checkpoint") from e
     return variables, meta
+
+
+class CorruptCheckpointError(ValueError):
+    """A model checkpoint directory exists but cannot be read."""
 
 
 def manager(directory: str, max_to_keep: int = 2, save_interval_steps: int = 1) -> ocp.CheckpointManager:

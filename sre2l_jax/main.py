@@ -8,6 +8,7 @@ overrides work for every option; a misspelt option is an error. The experiment d
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -18,6 +19,11 @@ from sre2l_jax import configlib, parallel, stages
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/fashion_mnist.py:all")
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, images and results.")
+DEBUG = flags.DEFINE_bool("debug", False, "Show the full traceback of a user error (config, data, "
+                          "checkpoint) instead of one line.")
+# What a user can fix (config, data, checkpoints, settings): one line, exit status 2. Anything else
+# is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError)
 
 
 def setup(argv) -> tuple:
@@ -34,16 +40,47 @@ def setup(argv) -> tuple:
     return CONFIG.value, workdir
 
 
-def launch(main: Callable) -> None:
-    """`app.run(main)` with the checks every entry point shares."""
-    flags.mark_flags_as_required(["config", "workdir"])
+def _fail(error: BaseException) -> None:
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    if "Traceback (most recent call last)" in text:  # ml_collections wraps the config file's error
+        text = [line for line in text.splitlines() if line.strip()][-1]
+    if "Did you mean" in text:  # ml_collections' unknown-key error, quoted twice over
+        key = re.search(r"\\?'(\w+)\\?'", text)
+        hint = text[text.index("Did you mean"):].replace("\\", "").rstrip("'\"")
+        text = f"unknown config key {key.group(1) if key else ''} in a --config.* override. {hint}"
+    print(f"error: {' '.join(text.split())}", file=sys.stderr, flush=True)
+    os._exit(2)  # not sys.exit: background threads (Orbax, Grain) must not print on the way out
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad flag or config (file, option, override key) as one line."""
     try:
-        configlib.check_overrides(sys.argv[1:])
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+        configlib.check_overrides(argv[1:])
+        return flags.FLAGS(argv)
+    except (flags.Error, *USER_ERRORS, KeyError, AttributeError) as e:
+        if "--debug" in argv:
+            raise
+        _fail(e)
+
+
+def user_errors_as_one_line(main: Callable) -> Callable:
+    """main, with a user error (USER_ERRORS) printed as `error: ...` and exit status 2."""
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            if DEBUG.value:
+                raise
+            _fail(e)
+    return wrapped
+
+
+def launch(main: Callable) -> None:
+    """`app.run(main)` with the flag checks and error reporting every entry point shares."""
+    flags.mark_flags_as_required(["config", "workdir"])
     # Orbax and Grain log every save at INFO; our own progress lines go to stdout regardless.
     logging.set_verbosity(logging.WARNING)
-    app.run(main)
+    app.run(user_errors_as_one_line(main), flags_parser=_parse_flags)
 
 
 def main(argv) -> None:

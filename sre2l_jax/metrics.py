@@ -1,4 +1,10 @@
-"""Progress lines with ETA on stdout and plottable metrics in `<stage dir>/metrics.jsonl`."""
+"""Progress on stdout, plottable metrics in `<stage dir>/metrics.jsonl` and in TensorBoard.
+
+Every record goes to the JSONL file and, as scalars, to TensorBoard event files in
+`<workdir>/tensorboard/<stage>/` (tensorboardX's writer; `tensorboard --logdir <workdir>/tensorboard`
+shows every stage). The progress line with rate and ETA is printed at most every
+`PRINT_EVERY_SECONDS`, and always for the first and the last step and for evaluations.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,9 @@ def _fmt_seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+PRINT_EVERY_SECONDS = 10.0
+
+
 class MetricsLog:
     """Appends one JSON object per record; only process 0 writes, so multi-host logs are not duplicated."""
 
@@ -27,9 +36,15 @@ class MetricsLog:
         self.stage = stage
         self._t0 = time.time()
         self._s0: int | None = None
+        self._printed = -math.inf
         self._writer = jax.process_index() == 0
+        self._tb = None
         if self._writer:
             os.makedirs(directory, exist_ok=True)
+            from tensorboardX import SummaryWriter
+
+            logdir = os.path.join(os.path.dirname(os.path.abspath(directory)), "tensorboard", stage or "run")
+            self._tb = SummaryWriter(logdir, flush_secs=10)
 
     def rewind(self, step: int) -> None:
         """Drop records after `step` (a resumed run redoes them), so each step is logged once."""
@@ -45,10 +60,28 @@ class MetricsLog:
                 raise FloatingPointError(f"{self.stage}: {k} is NaN at step {step}")
         if self._s0 is None:
             self._s0, self._t0 = step, time.time()
-        if self._writer:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        if not self._writer:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        prefix = f"{values['run']}/" if isinstance(values.get("run"), str) else ""
+        for k, v in values.items():
+            if isinstance(v, float):
+                self._tb.add_scalar(f"{self.stage}/{prefix}{k}", v, step)
+        now = time.time()
+        if (now - self._printed >= PRINT_EVERY_SECONDS or step == self._s0 or step >= self.total
+                or any(k.startswith("eval") for k in values)):
+            self._printed = now
             print(self.progress_line(step, values), flush=True)
+
+    def image(self, tag: str, image, step: int = 0) -> None:
+        """An HWC uint8 image (e.g. the recovered set as a grid) in TensorBoard."""
+        if self._writer:
+            self._tb.add_image(f"{self.stage}/{tag}", image, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
 
     def progress_line(self, step: int, values: dict) -> str:
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

@@ -84,3 +84,4 @@ def _write_epochs(config, label_dir: str, spec: AugSpec, model: teachers.Teacher
             label_files.write_epoch(label_dir, epoch, label_files.epoch_arrays(
                 rows, config.relabel.top_k, config.data.num_classes, box_dtype))
         log.write(epoch + 1, batches=len(bounds))
+    log.close()

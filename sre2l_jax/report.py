@@ -148,8 +148,8 @@ def results_rows(workdir: str) -> list[tuple[str, str, str]]:
         for name in val.get("baselines") or ():
             rows.append((f"baseline {name}", _entry_text(val[name], n),
                          _entry_text(val[name], n, "holdout_top1")))
-        for key, what in (("ior", "DD-Ranking IOR (SRe²L − real_soft, points)"),
-                          ("hlr", "DD-Ranking HLR (full data − SRe²L images, hard labels, points)"),
+        for key, what in (("ior", "DD-Ranking IOR (distilled − random real, soft labels, points)"),
+                          ("hlr", "DD-Ranking HLR (full data − distilled, hard labels, points)"),
                           ("lrs", "DD-Ranking LRS (0-1, higher is better)")):
             value = (val.get("dd_ranking") or {}).get(key)
             if value is not None:

@@ -171,6 +171,7 @@ def _train(config, stage_dir: str) -> dict:
             checkpoint.save_state(mngr, step, state, {"data_iterator": data_iter.get_state()},
                                   force=True)
     mngr.wait_until_finished()
+    log.close()
     final = history[-1] if history else tr.evaluate(state)
     checkpoint.save_model(os.path.join(stage_dir, "model"), parallel.to_host(state.variables),
                           model_meta(config, tr.train_src, final["top1"], "squeeze"))

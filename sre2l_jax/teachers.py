@@ -79,7 +79,9 @@ def check_compatible(meta: dict, *, num_classes: int, channels: int, what: str) 
             f"{what} has {meta['num_classes']} classes but the data has {num_classes}; "
             "use the checkpoint trained on this data (or set data.class_ids to match)")
     if meta.get("channels", channels) != channels:
-        raise ValueError(f"{what} expects {meta['channels']}-channel images, the data has {channels}")
+        raise ValueError(f"{what} expects {meta['channels']}-channel images, the data has {channels}; "
+                         f"set data.channels={meta['channels']} with data.convert_channels=True to "
+                         "convert the images (gray → RGB replicates)")
 
 
 def load_for_data(path: str, data_cfg, what: str) -> tuple[dict, dict]:

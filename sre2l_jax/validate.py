@@ -271,6 +271,7 @@ def run(config, workdir: str) -> dict:
     for i, one in enumerate(runs):
         results.setdefault(one.entry, []).append(students.train(one, i * steps_per_run))
 
+    students.log.close()
     counts = np.bincount(labels, minlength=config.data.num_classes)
     summary = _summary(config, results, counts, teacher_eval, model.paths[0])
     # The full-data model is the (first) teacher itself, not an ensemble of several.

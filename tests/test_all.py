@@ -28,6 +28,7 @@ def test_all_writes_report_and_second_run_skips_finished_stages(tmp_path, capsys
     html = open(os.path.join(report, "index.html")).read()
     assert 'src="tsne.png"' in html and "distilled-set student" in html and 'src="real_grid.png"' in html
     summary = json.load(open(os.path.join(workdir, "validate", "summary.json")))
+    _assert_tensorboard(workdir)
     assert 0 <= summary["top1"] <= 100 and summary["ipc"] == c.recover.ipc
 
     stamps = {s: os.path.getmtime(os.path.join(workdir, s, DONE)) for s in stages.PIPELINE}
@@ -44,3 +45,22 @@ def test_all_writes_report_and_second_run_skips_finished_stages(tmp_path, capsys
     out = capsys.readouterr().out
     assert out.count("skipped") == 3 and "[all] validate: running" in out
     assert os.path.exists(os.path.join(workdir, "validate.superseded1", "summary.json"))
+
+
+def _assert_tensorboard(workdir: str) -> None:
+    """Every stage wrote TensorBoard events with its scalars (read back with TensorBoard's reader)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    expected = {"squeeze": {"squeeze/loss", "squeeze/eval_top1", "squeeze/lr"},
+                "recover": {"recover/loss", "recover/bn", "recover/ce"},
+                "relabel": {"relabel/batches"},
+                "validate": {"validate/sre2l/seed0/loss", "validate/sre2l/seed0/eval_top1",
+                             "validate/real_soft/seed0/loss"}}
+    for stage, tags in expected.items():
+        acc = EventAccumulator(os.path.join(workdir, "tensorboard", stage))
+        acc.Reload()
+        assert tags <= set(acc.Tags()["scalars"]), (stage, acc.Tags()["scalars"])
+        assert len(acc.Scalars(sorted(tags)[0])) >= 1
+    acc = EventAccumulator(os.path.join(workdir, "tensorboard", "recover"))
+    acc.Reload()
+    assert "recover/images" in acc.Tags()["images"]

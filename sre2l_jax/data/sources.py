@@ -244,6 +244,32 @@ class IndexedSource:
         return {"image": record["image"], "label": int(self.labels[i])}
 
 
+class ChannelAdapter:
+    """`source` with its images converted to `channels`: gray replicated to RGB (exact), or RGB
+    whose three channels are equal to gray (an RGB image with unequal channels is an error)."""
+
+    def __init__(self, source: Any, channels: int):
+        self.source, self.channels = source, channels
+        self.class_names = source.class_names
+        self.labels = getattr(source, "labels", None)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> Record:
+        record = self.source[i]
+        image = np.asarray(record["image"])
+        if image.shape[-1] == 1 and self.channels == 3:
+            image = np.repeat(image, 3, axis=-1)
+        elif image.shape[-1] == 3 and self.channels == 1:
+            if not (np.array_equal(image[..., 0], image[..., 1])
+                    and np.array_equal(image[..., 0], image[..., 2])):
+                raise ValueError(f"record {i} is a colour image; only gray images stored as RGB convert "
+                                 "to 1 channel exactly")
+            image = image[..., :1]
+        return {"image": image, "label": record["label"]}
+
+
 class SubsetSource(IndexedSource):
     """Keep the classes `class_ids` (in that order) and relabel them 0..len(class_ids)-1."""
 
@@ -284,7 +310,7 @@ def balanced_prefix(source: Any, max_examples: int, seed: int = 0) -> Any:
 
 
 HOLDOUT = "holdout"  # the role of the held-out part of the train split
-_HOLDOUT_TAG = 0x401D
+_HOLDOUT_TAG, _VAL_TAG = 0x401D, 0x7A1
 
 
 def _resolve_split(data_cfg: Any, split: str) -> tuple[bool, str]:
@@ -313,13 +339,72 @@ def holdout_indices(labels: np.ndarray, n: int, num_classes: int, seed: int) -> 
     return np.sort(np.concatenate(chosen))
 
 
-def _split_holdout(data_cfg: Any, source: Any, split: str) -> Any:
-    """The train split without its held-out images, or (split 'holdout') those images."""
+def val_indices(labels: np.ndarray, fraction: float, num_classes: int, seed: int) -> np.ndarray:
+    """`fraction` of each class's train indices (at least one), drawn from `seed` (sorted): the
+    evaluation split of a tree that has no val/ folder."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"data.val_fraction must be in (0, 1), got {fraction}")
+    chosen = []
+    for c in range(num_classes):
+        pool = np.flatnonzero(labels == c)
+        k = max(1, round(fraction * len(pool)))
+        if len(pool) <= k:
+            raise ValueError(f"class {c} has {len(pool)} train images: too few to hold out "
+                             f"data.val_fraction={fraction} for evaluation")
+        chosen.append(np.random.default_rng([seed, _VAL_TAG, c]).permutation(pool)[:k])
+    return np.sort(np.concatenate(chosen))
+
+
+def _part(source: Any, indices: np.ndarray, keep: bool) -> Any:
+    """The records of `source` at `indices` (keep) or all the others."""
     labels = source_labels(source)
-    held = holdout_indices(labels, data_cfg.holdout, len(source.class_names), data_cfg.holdout_seed)
-    if split != HOLDOUT:
-        held = np.setdiff1d(np.arange(len(labels)), held)
-    return IndexedSource(source, held, labels[held], source.class_names)
+    if not keep:
+        indices = np.setdiff1d(np.arange(len(labels)), indices)
+    return IndexedSource(source, indices, labels[indices], source.class_names)
+
+
+def _open(data_cfg: Any, is_train: bool, name: str) -> Any:
+    """The raw source of split `name` (before class subsets, splits and caps)."""
+    directory = data_cfg.dir
+    if data_cfg.source in ("idx", "imagefolder") and not (directory and os.path.isdir(directory)):
+        raise _missing_dir(data_cfg, directory, f"data directory for source {data_cfg.source!r}")
+    if data_cfg.source == "idx":
+        fashion = "fashion" in f"{data_cfg.name} {directory}".lower()
+        return IdxSource(directory, name, FASHION_MNIST_CLASSES if fashion else None)
+    if data_cfg.source == "imagefolder":
+        class_names = None
+        if not is_train:
+            train_dir = os.path.join(directory, data_cfg.train_split)
+            if not os.path.isdir(train_dir):
+                raise _missing_dir(data_cfg, train_dir, "train split folder")
+            class_names = list_class_folders(train_dir)
+        split_dir = os.path.join(directory, name)
+        if not os.path.isdir(split_dir):
+            raise _missing_dir(data_cfg, split_dir, f"split folder for {name!r}")
+        return ImageFolderSource(directory, name, class_names, channels=data_cfg.channels)
+    if data_cfg.source == "tfds":
+        return TfdsSource(data_cfg.tfds_name or data_cfg.name, name, data_dir=directory or None,
+                          download=data_cfg.tfds_download)
+    raise ValueError(f"data.source must be idx, imagefolder or tfds, got {data_cfg.source!r}")
+
+
+def _checked(data_cfg: Any, source: Any, name: str) -> Any:
+    """`class_ids`, the class count and the channels (converted where data.convert_channels)."""
+    if data_cfg.class_ids is not None:
+        source = SubsetSource(source, data_cfg.class_ids)
+    if len(source.class_names) != data_cfg.num_classes:
+        raise ValueError(f"{data_cfg.name or data_cfg.source} split {name!r} has "
+                         f"{len(source.class_names)} classes but data.num_classes="
+                         f"{data_cfg.num_classes}; set data.num_classes={len(source.class_names)}"
+                         " or fix data.class_ids")
+    channels = getattr(source, "channels", None)
+    if channels is not None and channels != data_cfg.channels:
+        if not data_cfg.convert_channels:
+            raise ValueError(f"{data_cfg.name or data_cfg.source} images have {channels} channel(s) "
+                             f"but data.channels={data_cfg.channels}; set data.convert_channels=True to "
+                             "replicate gray images to 3 channels (or take 1 channel of equal ones)")
+        source = ChannelAdapter(source, data_cfg.channels)
+    return source
 
 
 def _missing_dir(data_cfg: Any, directory: str, what: str) -> FileNotFoundError:
@@ -334,51 +419,31 @@ def build_source(data_cfg: Any, split: str) -> Any:
     """The source for `split` ('train', 'eval', 'holdout' or a literal split name) as `data_cfg`
     describes.
 
-    Applies `class_ids`, checks the class count and channels, takes the `data.holdout` images out
-    of the train split (they form the 'holdout' split), and applies the example caps.
+    Applies `class_ids`, checks the class count and channels (converting them with
+    `data.convert_channels`), carves the evaluation split out of train when `data.val_fraction`
+    is set, takes the `data.holdout` images out of the train split (they form the 'holdout'
+    split), and applies the example caps.
     """
     is_train, name = _resolve_split(data_cfg, split)
-    directory = data_cfg.dir
-    if data_cfg.source in ("idx", "imagefolder") and not (directory and os.path.isdir(directory)):
-        raise _missing_dir(data_cfg, directory, f"data directory for source {data_cfg.source!r}")
-    if data_cfg.source == "idx":
-        fashion = "fashion" in f"{data_cfg.name} {directory}".lower()
-        source = IdxSource(directory, name, FASHION_MNIST_CLASSES if fashion else None)
-    elif data_cfg.source == "imagefolder":
-        class_names = None
-        if not is_train:
-            train_dir = os.path.join(directory, data_cfg.train_split)
-            if not os.path.isdir(train_dir):
-                raise _missing_dir(data_cfg, train_dir, "train split folder")
-            class_names = list_class_folders(train_dir)
-        split_dir = os.path.join(directory, name)
-        if not os.path.isdir(split_dir):
-            raise _missing_dir(data_cfg, split_dir, f"split folder for {name!r}")
-        source = ImageFolderSource(directory, name, class_names, channels=data_cfg.channels)
-    elif data_cfg.source == "tfds":
-        tfds_name = data_cfg.tfds_name or data_cfg.name
-        source = TfdsSource(tfds_name, name, data_dir=directory or None,
-                            download=data_cfg.tfds_download)
-    else:
-        raise ValueError(f"data.source must be idx, imagefolder or tfds, got {data_cfg.source!r}")
-
-    if data_cfg.class_ids is not None:
-        source = SubsetSource(source, data_cfg.class_ids)
-    if len(source.class_names) != data_cfg.num_classes:
-        raise ValueError(f"{data_cfg.name or data_cfg.source} split {name!r} has "
-                         f"{len(source.class_names)} classes but data.num_classes="
-                         f"{data_cfg.num_classes}; set data.num_classes={len(source.class_names)}"
-                         " or fix data.class_ids")
-    channels = getattr(source, "channels", None)
-    if channels is not None and channels != data_cfg.channels:
-        raise ValueError(f"{data_cfg.name or data_cfg.source} images have {channels} channel(s) but"
-                         f" data.channels={data_cfg.channels}")
-    if is_train and data_cfg.holdout:
-        source = _split_holdout(data_cfg, source, split)
-    elif split == HOLDOUT:
+    if data_cfg.val_fraction and not is_train:  # the evaluation split is carved out of train
+        name = data_cfg.train_split
+        source = _checked(data_cfg, _open(data_cfg, True, name), name)
+        held = val_indices(source_labels(source), data_cfg.val_fraction, data_cfg.num_classes,
+                           data_cfg.holdout_seed)
+        return balanced_prefix(_part(source, held, keep=True), data_cfg.max_eval_examples)
+    source = _checked(data_cfg, _open(data_cfg, is_train, name), name)
+    if is_train and data_cfg.val_fraction:
+        held = val_indices(source_labels(source), data_cfg.val_fraction, data_cfg.num_classes,
+                           data_cfg.holdout_seed)
+        source = _part(source, held, keep=False)
+    if split == HOLDOUT and not data_cfg.holdout:
         raise ValueError("no held-out split: set data.holdout to the number of train images to hold out")
-    if split == HOLDOUT:
-        return source
+    if is_train and data_cfg.holdout:
+        held = holdout_indices(source_labels(source), data_cfg.holdout, len(source.class_names),
+                               data_cfg.holdout_seed)
+        source = _part(source, held, keep=split == HOLDOUT)
+        if split == HOLDOUT:
+            return source
     cap = data_cfg.max_train_examples if is_train else data_cfg.max_eval_examples
     return balanced_prefix(source, cap)
 

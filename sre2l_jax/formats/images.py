@@ -109,3 +109,14 @@ def load_synthetic(config, workdir: str, teacher_meta: dict) -> tuple[np.ndarray
     images, labels, _ = read_set(default_dir(config, workdir), list(names), config.data.channels,
                                  config.data.image_size)
     return images, labels
+
+
+def grid(images: np.ndarray, labels: np.ndarray, per_class: int = 10) -> np.ndarray:
+    """uint8 HWC mosaic: one row per class, up to `per_class` images each (black where fewer)."""
+    classes = sorted(set(labels.tolist()))
+    h, w, c = images.shape[1:]
+    out = np.zeros((len(classes) * h, per_class * w, c), np.uint8)
+    for r, cls in enumerate(classes):
+        for j, image in enumerate(images[labels == cls][:per_class]):
+            out[r * h:(r + 1) * h, j * w:(j + 1) * w] = image
+    return out

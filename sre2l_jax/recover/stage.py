@@ -12,6 +12,7 @@ and skipped on restart.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import jax
@@ -143,8 +144,9 @@ class _Recovery:
             t = t1
             m = jax.tree.map(lambda a: float(np.mean(np.asarray(a)[:len(jobs)])),
                              multihost_utils.process_allgather(metrics, tiled=True))
+            finished = sum(len(b.classes) for b in jobs) if t == hp.iterations else 0
             self.log.write(r * hp.iterations + t, **m, lr=float(objective.cosine_lr(hp)(t - 1)),
-                           images_done=self.images_done, images_total=self.n_images)
+                           images_done=self.images_done + finished, images_total=self.n_images)
             if t % self.rc.checkpoint_every == 0 and t < hp.iterations:
                 # The step only has to grow across restarts: finished batches never shrink.
                 checkpoint.save_state(self.mngr, finished_batches * hp.iterations + t, (x, opt_state),
@@ -196,6 +198,7 @@ class _Recovery:
     def close(self) -> None:
         self.mngr.wait_until_finished()
         self.mngr.close()
+        self.log.close()
 
 
 METHODS = ("sre2l", "rded")
@@ -222,11 +225,32 @@ def run(config, workdir: str) -> dict:
     entries = [e for k in keys if k in progress.done for e in progress.done[k]]
     summary = {**_summary(entries, model.paths[0], time.time() - t_start),
                "image_dir": os.path.join(stage_dir, "images")}
+    summary["low_teacher_accuracy"] = summary["teacher_accuracy"] < LOW_TEACHER_ACCURACY
     if jax.process_index() == 0:
         image_files.write_manifest(stage_dir, {"config": config.to_dict(), "summary": summary,
                                                "class_folders": folders, "images": entries})
+        _sanity_check(summary, rc)
+        images, labels, _ = image_files.read_set(os.path.join(stage_dir, "images"), folders,
+                                                 config.data.channels)
+        log = MetricsLog(stage_dir, stage="recover")
+        log.image("images", image_files.grid(images, labels))
+        log.close()
     logging.info("recover: %s", summary)
     return summary
+
+
+LOW_TEACHER_ACCURACY = 50.0
+
+
+def _sanity_check(summary: dict, rc) -> None:
+    """Warn when the teacher does not recognise most of its own recovered images."""
+    if summary["teacher_accuracy"] >= LOW_TEACHER_ACCURACY:
+        return
+    print(f"WARNING recover: the teacher classifies only {summary['teacher_accuracy']:.1f}% of its "
+          f"recovered images as their class (< {LOW_TEACHER_ACCURACY:.0f}%): the recipe does not fit "
+          "this data. What usually fixes it: a smaller recover.alpha_bn (0.01), recover.crop=False or "
+          "recover.crop_scale=(0.5, 1.0) at ≤ 64² pixels, more recover.iterations, recover.lr 0.25.",
+          file=sys.stderr, flush=True)
 
 
 def _optimize(config, stage_dir: str, model: teachers.Teachers, progress, folders) -> list[str]:
