@@ -173,20 +173,20 @@ def student_steps(spec: dict) -> dict:
     _maybe_patch(spec)
     student, recipe, state, teacher_vars, images, labels = _student_parts(spec)  # student: the steps module
     batch, k = spec["batch"], spec["iters"]
-    idx = jnp.arange(batch, dtype=jnp.int32)
+    images, labels = images[:batch], labels[:batch]  # one batch, as the student pipeline feeds it
     ids = jnp.asarray([0, 0, 0], jnp.int32)
     online = jax.jit(functools.partial(student.online_step, recipe=recipe), donate_argnums=(0,))
     stored = jax.jit(functools.partial(student.stored_step, recipe=recipe), donate_argnums=(0,))
     label = jax.jit(functools.partial(student.label_batch, recipe=recipe))
-    plan, targets = label(teacher_vars, images, idx, ids)
+    plan, targets = label(teacher_vars, images, ids)
     soft = jnp.asarray(True)
     out = {}
-    for name, fn, args in (("online", online, (teacher_vars, images, labels, idx, ids, soft)),
-                           ("stored", stored, (images, labels, idx, plan, targets)),
+    for name, fn, args in (("online", online, (teacher_vars, images, labels, ids, soft)),
+                           ("stored", stored, (images, labels, plan, targets)),
                            ("teacher_only", label, None)):
         if args is None:
-            compiled = fn.lower(teacher_vars, images, idx, ids).compile()
-            call = lambda s, c=compiled: (s, c(teacher_vars, images, idx, ids))
+            compiled = fn.lower(teacher_vars, images, ids).compile()
+            call = lambda s, c=compiled: (s, c(teacher_vars, images, ids))
         else:
             compiled = fn.lower(state, *args).compile()
             call = lambda s, c=compiled, a=args: c(s, *a)

@@ -84,14 +84,14 @@ def jax_student(spec: dict) -> dict:
     recipe = steps.Recipe(model, model, tx, spec_aug, 20.0, False)
     state = TrainState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"], tx.init(v["params"]))
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (b, res, res, c), dtype=np.uint8))
-    labels, idx = jnp.arange(b) % 10, jnp.arange(b, dtype=jnp.int32)
+    labels = jnp.arange(b) % 10
     ids, soft = jnp.asarray([0, 0, 0], jnp.int32), jnp.asarray(True)
     fn = jax.jit(functools.partial(steps.online_step, recipe=recipe), donate_argnums=(0,),
                  compiler_options=parallel.training_compiler_options())
     box = [state]
 
     def step():
-        box[0], m = fn(box[0], teacher, images, labels, idx, ids, soft)
+        box[0], m = fn(box[0], teacher, images, labels, ids, soft)
         jax.block_until_ready(m)
 
     return {"ms_per_step": _timed(step, spec["iters"], spec["repeats"]), "rss_peak_mib": max_rss_mib(),

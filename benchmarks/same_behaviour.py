@@ -83,6 +83,7 @@ def main() -> int:
     ap.add_argument("--out", default="", help="scratch directory (default: a temp dir)")
     args = ap.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="same_behaviour_")
+    os.makedirs(out, exist_ok=True)
     results = {}
     for label, rev in (("before", args.before), ("after", args.after)):
         cached = os.path.join(out, f"{label}.json")

@@ -191,6 +191,8 @@ def base_config() -> ml_collections.ConfigDict:
     # what stored labels hold, so an online run can be compared with a stored-label run.
     st.teacher_logits_dtype = "float32"
     st.eval_every_epochs = 10
+    st.data_workers = 0  # Grain worker processes decoding student images (0: a thread in-process)
+    st.data_prefetch = 2  # batches read ahead; host memory holds these, not the set
 
     c.relabel = rl = ml_collections.ConfigDict()
     rl.images = ""  # ImageFolder of synthetic images; "" = <workdir>/recover/images
@@ -220,6 +222,7 @@ MOVED_KEYS = {
 # so changing one neither reruns a finished stage nor refuses to resume a partial one.
 EXECUTION_KEYS = frozenset({
     "stage", "runlocal", "log_every_steps", "num_devices", "squeeze.checkpoint_every_steps",
+    "student.data_workers", "student.data_prefetch",
     "recover.ipc_start", "recover.ipc_end", "recover.class_start", "recover.class_end",
     "recover.checkpoint_every", "recover.batches_per_device", "validate.checkpoint_every_epochs",
 })

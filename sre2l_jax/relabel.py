@@ -20,7 +20,8 @@ from sre2l_jax import parallel, stage_state, teachers
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.formats import labels as label_files
 from sre2l_jax.metrics import MetricsLog
-from sre2l_jax.student.plans import AugSpec, batch_bounds, epoch_order
+from sre2l_jax.student import data as student_data
+from sre2l_jax.student.plans import AugSpec, epoch_order
 from sre2l_jax.student.steps import Recipe, Steps
 
 
@@ -33,9 +34,9 @@ def run(config, workdir: str) -> dict:
     """Write `W/relabel/epoch_*.npz` + `meta.json`."""
     label_dir = os.path.join(workdir, "relabel")
     model = teachers.load(config, workdir)
-    images, labels = image_files.load_synthetic(config, workdir, model.meta)
+    source = image_files.load_synthetic(config, workdir, model.meta)
     spec = AugSpec.from_config(config)
-    inputs = {"images": stage_state.content_hash(images, labels), "teachers": model.fingerprint()}
+    inputs = {"images": student_data.fingerprint(source), "teachers": model.fingerprint()}
     stage_state.Claim(label_dir, {**settings(config), "inputs": inputs}, "stored labels").take()
     meta = {"plan": dataclasses.asdict(spec), **inputs, "seed": config.seed,
             "num_classes": config.data.num_classes, "top_k": config.relabel.top_k,
@@ -44,44 +45,51 @@ def run(config, workdir: str) -> dict:
     if jax.process_index() == 0:
         label_files.write_meta(label_dir, meta)
     t0 = time.time()
-    _write_epochs(config, label_dir, spec, model, images)
+    _write_epochs(config, label_dir, spec, model, source)
 
     files = [label_files.epoch_path(label_dir, e) for e in range(spec.epochs)]
     storage = int(sum(os.path.getsize(p) for p in files if os.path.exists(p)))
-    meta.update(complete=True, storage_bytes=storage, bytes_per_epoch=storage / max(spec.epochs, 1))
+    per_image_epoch = storage / max(spec.epochs * len(source), 1)
+    projected = per_image_epoch * config.recover.ipc * config.data.num_classes * spec.epochs
+    meta.update(complete=True, storage_bytes=storage, bytes_per_epoch=storage / max(spec.epochs, 1),
+                bytes_per_image_epoch=per_image_epoch, projected_bytes=projected)
     if jax.process_index() == 0:
         label_files.write_meta(label_dir, meta)
-    print(f"relabel: {spec.epochs} epochs of labels for {len(images)} images in {label_dir}: "
-          f"{storage / 2**20:.2f} MiB in total ({storage} bytes)", flush=True)
-    summary = {"epochs": spec.epochs, "storage_bytes": storage, "num_images": len(images),
+    k = f"top-{config.relabel.top_k} logits" if config.relabel.top_k else "full logits"
+    print(f"relabel: {spec.epochs} epochs of {k} for {len(source)} images in {label_dir}: "
+          f"{storage / 2**20:.2f} MiB ({per_image_epoch:.0f} bytes per image-epoch; IPC "
+          f"{config.recover.ipc} × {config.data.num_classes} classes × {spec.epochs} epochs: "
+          f"{projected / 2**20:.1f} MiB)", flush=True)
+    summary = {"epochs": spec.epochs, "storage_bytes": storage, "num_images": len(source),
+               "bytes_per_image_epoch": per_image_epoch, "projected_bytes": projected,
                "seconds_this_run": time.time() - t0, "dir": label_dir}
     logging.info("relabel: %s", summary)
     return summary
 
 
-def _write_epochs(config, label_dir: str, spec: AugSpec, model: teachers.Teachers,
-                  images: np.ndarray) -> None:
+def _write_epochs(config, label_dir: str, spec: AugSpec, model: teachers.Teachers, source) -> None:
     """Label every epoch whose file is missing (files are written atomically: present = complete)."""
     mesh = parallel.make_mesh(config.num_devices)
     steps = Steps(Recipe(None, model.ensemble, None, spec, config.student.temperature, False),
                   mesh, None)
-    images_dev = parallel.replicate(mesh, images)
+    data = student_data.StudentData(source, config.data.image_size, mesh, spec.batch_size,
+                                    config.student.data_workers, config.student.data_prefetch)
     teacher_vars = parallel.replicate(mesh, model.variables)
-    bounds = batch_bounds(len(images), spec.batch_size)
-    box_dtype = np.int16 if max(images.shape[1:3]) <= np.iinfo(np.int16).max else np.int32
+    box_dtype = np.int16 if config.data.image_size <= np.iinfo(np.int16).max else np.int32
     log = MetricsLog(label_dir, total_steps=spec.epochs, stage="relabel")
     for epoch in range(spec.epochs):
         if os.path.exists(label_files.epoch_path(label_dir, epoch)):
             continue
-        order = epoch_order(config.seed, epoch, len(images))
+        order = epoch_order(config.seed, epoch, len(source))
         rows = []
-        for b, (s, e) in enumerate(bounds):
+        for b, images, _ in data.epoch(order):
+            s, e = data.bounds[b]
             ids = parallel.replicate(mesh, np.asarray([config.seed, epoch, b], np.int32))
-            plan, logits = steps.label(teacher_vars, images_dev, steps.place(order[s:e]), ids)
+            plan, logits = steps.label(teacher_vars, images, ids)
             rows.append({"order": order[s:e], "logits": np.asarray(logits),
                          **{k: np.asarray(v) for k, v in parallel.to_host(plan).items()}})
         if jax.process_index() == 0:
             label_files.write_epoch(label_dir, epoch, label_files.epoch_arrays(
                 rows, config.relabel.top_k, config.data.num_classes, box_dtype))
-        log.write(epoch + 1, batches=len(bounds))
+        log.write(epoch + 1, batches=len(data.bounds))
     log.close()

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 
 from sre2l_jax import teachers
 from sre2l_jax.data import sources
-from sre2l_jax.data.transforms import resize_image
+from sre2l_jax.data.transforms import EvalResize, resize_image
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.metrics import mean_std_text, read_jsonl
 from sre2l_jax.stage_state import read_json, write_text_atomic
@@ -192,8 +192,10 @@ def real_subset_grid(config, workdir: str, labels: np.ndarray, names: list[str],
         return False
     counts = np.bincount(labels, minlength=config.data.num_classes)
     source = sources.build_source(config.data, "train")
-    images, real_labels = validate.real_subset(source, counts, config.validate.seeds[0],
-                                               config.data.image_size)
+    subset = validate.real_subset(source, counts, config.validate.seeds[0])
+    fit = EvalResize(config.data.image_size, config.data.image_size)  # as the students see them
+    images = np.stack([fit.map(subset[i])["image"] for i in range(len(subset))])
+    real_labels = sources.source_labels(subset)
     image_grid(images, real_labels, names, path, title="random real subset (the baselines' images)")
     return True
 

@@ -27,11 +27,11 @@ from absl import logging
 
 from sre2l_jax import checkpoint, ddranking, evaluate, optim, parallel, stage_state, teachers
 from sre2l_jax.data import sources
-from sre2l_jax.data.transforms import EvalResize
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.formats.labels import StoredLabels
 from sre2l_jax.metrics import MetricsLog, mean_std_text
 from sre2l_jax.models import create_model
+from sre2l_jax.student import data as student_data
 from sre2l_jax.student import plans
 from sre2l_jax.student.steps import Recipe, Steps
 from sre2l_jax.train_state import TrainState
@@ -50,14 +50,14 @@ def settings(config) -> dict:
 class Run:
     entry: str
     seed: int
-    images: np.ndarray  # uint8 [N,H,W,C]
-    labels: np.ndarray  # int32 [N]
+    source: object  # random-access images and labels (the synthetic set or a real subset)
     soft: bool
     stored: StoredLabels | None = None
 
 
-def real_subset(train_source, counts: np.ndarray, seed: int, image_size: int):
-    """`counts[c]` random train images of each class c, drawn from the seed, at image_size²."""
+def real_subset(train_source, counts: np.ndarray, seed: int):
+    """`counts[c]` random train images of each class c, drawn from the seed (a lazy view; the
+    student pipeline fits them to image_size²: shorter side, then a centre crop, no squash)."""
     all_labels = sources.source_labels(train_source)
     rng = np.random.default_rng([seed, _SUBSET_TAG])
     chosen = []
@@ -67,10 +67,8 @@ def real_subset(train_source, counts: np.ndarray, seed: int, image_size: int):
             raise ValueError(f"class {c} has {len(pool)} training images, fewer than the {k} the "
                              "real-subset baseline needs")
         chosen.extend(rng.choice(pool, int(k), replace=False).tolist())
-    # Shorter side to image_size then a centre crop: square like the synthetic images, no squash.
-    fit = EvalResize(image_size, image_size)
-    images = np.stack([fit.map(train_source[i])["image"] for i in chosen]).astype(np.uint8)
-    return images, all_labels[chosen].astype(np.int32)
+    chosen = np.asarray(chosen, np.int64)
+    return sources.IndexedSource(train_source, chosen, all_labels[chosen], train_source.class_names)
 
 
 def run_name(entry: str, seed: int, stored: bool = False) -> str:
@@ -136,7 +134,7 @@ class _Students:
         """A run's settings: the student recipe, which run it is, and its inputs' contents."""
         identity = {"entry": run.entry, "seed": run.seed, "soft": run.soft,
                     "labels": run.stored.identity if run.stored else None}
-        inputs = {"images": stage_state.content_hash(run.images, run.labels),
+        inputs = {"images": student_data.fingerprint(run.source),
                   "teachers": self.teachers_hash}
         return stage_state.Claim(run_dir, {**stage_state.settings(self.config, "data", "student"),
                                            "run": identity, "inputs": inputs}, "a student run")
@@ -148,8 +146,8 @@ class _Students:
         self.claim(run, run_dir).take()
         if os.path.exists(result_path):
             return stage_state.read_json(result_path)
-        if len(run.images) != self.num_images:
-            raise ValueError(f"{run.entry}: {len(run.images)} images, the recipe was built for "
+        if len(run.source) != self.num_images:
+            raise ValueError(f"{run.entry}: {len(run.source)} images, the recipe was built for "
                              f"{self.num_images}")
         state = self.init(plans.init_key(run.seed))
         mngr = checkpoint.manager(os.path.join(run_dir, "checkpoints"), max_to_keep=1)
@@ -179,24 +177,25 @@ class _Students:
                 step_offset: int) -> TrainState:
         """Epochs start.. of one run; appends evaluations to `history`, checkpoints on the way."""
         st, epochs = self.st, self.st.epochs
-        images = parallel.replicate(self.mesh, run.images)
-        labels = parallel.replicate(self.mesh, run.labels)
+        data = student_data.StudentData(run.source, self.config.data.image_size, self.mesh,
+                                        st.batch_size, st.data_workers, st.data_prefetch)
         eval_every = st.eval_every_epochs or epochs
         step, metrics = start * len(self.bounds), None
         for epoch in range(start, epochs):
             stored = run.stored.epoch(epoch) if run.stored else None
-            order = None if stored else plans.epoch_order(run.seed, epoch, len(run.images))
-            for b, (s, e) in enumerate(self.bounds):
+            order = (np.concatenate([idx for idx, _, _ in stored]) if stored else
+                     plans.epoch_order(run.seed, epoch, len(run.source)))
+            for b, images, labels in data.epoch(order):
                 if stored is not None:
-                    idx, plan, targets = stored[b]
+                    _, plan, targets = stored[b]
                     plan = {k: (parallel.replicate(self.mesh, a) if k in ("lam", "box") else
                                 self.steps.place(a)) for k, a in plan.items()}
-                    state, metrics = self.steps.stored(state, images, labels, self.steps.place(idx),
-                                                       plan, self.steps.place(targets))
+                    state, metrics = self.steps.stored(state, images, labels, plan,
+                                                       self.steps.place(targets))
                 else:
                     ids = parallel.replicate(self.mesh, np.asarray([run.seed, epoch, b], np.int32))
-                    state, metrics = self.steps.online(state, self.teacher_vars, images, labels,
-                                                       self.steps.place(order[s:e]), ids, run.soft)
+                    state, metrics = self.steps.online(state, self.teacher_vars, images, labels, ids,
+                                                       run.soft)
                 step += 1
                 if step % self.config.log_every_steps == 0:
                     self._log(step_offset + step, run, metrics, step, epoch)
@@ -231,22 +230,21 @@ def _check(v) -> None:
         raise ValueError(f"validate.full_data must be 'teacher' or 'none', got {v.full_data!r}")
 
 
-def _runs(config, images: np.ndarray, labels: np.ndarray, stored: StoredLabels | None) -> list[Run]:
+def _runs(config, synthetic, stored: StoredLabels | None) -> list[Run]:
     """Every (entry, seed) of the stage, baselines after the SRe²L run of each seed."""
     v = config.validate
-    counts = np.bincount(labels, minlength=config.data.num_classes)
+    counts = np.bincount(sources.source_labels(synthetic), minlength=config.data.num_classes)
     train_source = None
     runs: list[Run] = []
     for seed in v.seeds:
-        runs.append(Run(SRE2L, seed, images, labels, soft=True, stored=stored))
+        runs.append(Run(SRE2L, seed, synthetic, soft=True, stored=stored))
         for name in v.baselines:
             if name == "synthetic_hard":
-                runs.append(Run(name, seed, images, labels, soft=False))
+                runs.append(Run(name, seed, synthetic, soft=False))
                 continue
             if train_source is None:
                 train_source = sources.build_source(config.data, config.data.train_split)
-            real_images, real_labels = real_subset(train_source, counts, seed, config.data.image_size)
-            runs.append(Run(name, seed, real_images, real_labels, soft=name == "real_soft"))
+            runs.append(Run(name, seed, real_subset(train_source, counts, seed), soft=name == "real_soft"))
     return runs
 
 
@@ -255,15 +253,15 @@ def run(config, workdir: str) -> dict:
     v = config.validate
     _check(v)
     model = teachers.load(config, workdir)
-    images, labels = image_files.load_synthetic(config, workdir, model.meta)
+    synthetic = image_files.load_synthetic(config, workdir, model.meta)
     stored = None
     if v.labels == "stored":
         stored = StoredLabels(os.path.join(workdir, "relabel"), plans.AugSpec.from_config(config),
-                              stage_state.content_hash(images, labels), model.fingerprint())
-    students = _Students(config, workdir, model, len(images))
+                              student_data.fingerprint(synthetic), model.fingerprint())
+    students = _Students(config, workdir, model, len(synthetic))
     t0 = time.time()
     teacher_eval = students.evaluate(model.ensemble, model.variables)
-    runs = _runs(config, images, labels, stored)
+    runs = _runs(config, synthetic, stored)
     steps_per_run = config.student.epochs * len(students.bounds)
     students.log = MetricsLog(students.stage_dir, total_steps=len(runs) * steps_per_run,
                               stage="validate")
@@ -272,7 +270,7 @@ def run(config, workdir: str) -> dict:
         results.setdefault(one.entry, []).append(students.train(one, i * steps_per_run))
 
     students.log.close()
-    counts = np.bincount(labels, minlength=config.data.num_classes)
+    counts = np.bincount(sources.source_labels(synthetic), minlength=config.data.num_classes)
     summary = _summary(config, results, counts, teacher_eval, model.paths[0])
     # The full-data model is the (first) teacher itself, not an ensemble of several.
     first = teacher_eval if len(model.models) == 1 else students.evaluate(model.models[0],

@@ -139,13 +139,16 @@ def test_method_images_identical_on_1_and_2_devices_and_after_kill(tmp_path, dat
     assert len([f for f in ref if f.endswith(".png")]) == 16
     assert pngs(tmp_path / "d2" / "recover" / "images") == ref
     # Killed after its first unit of progress (a class for RDED, a checkpoint for EDC), resumed.
-    marker = "class 1/4" if method == "rded" else "step 6/"
-    p = _cli(tmp_path / "killed", teacher, data_dir, 2, extra)
-    for line in p.stdout:
-        if marker in line:
-            p.kill()
-            break
+    if method == "rded":
+        p = _cli(tmp_path / "killed", teacher, data_dir, 2, extra)
+        for line in p.stdout:
+            if "class 1/4" in line:
+                p.kill()
+                break
+    else:
+        p = _cli(tmp_path / "killed", teacher, data_dir, 2, extra, {"SRE2L_FAULT_KILL_AFTER_SAVES": "1"})
     p.communicate(timeout=600)
+    assert p.returncode == -9
     assert not os.path.exists(tmp_path / "killed" / "recover" / "manifest.json")
     p = _cli(tmp_path / "killed", teacher, data_dir, 1, extra)
     _, err = p.communicate(timeout=600)

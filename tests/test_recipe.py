@@ -61,8 +61,8 @@ def test_ema_of_the_student_follows_the_recurrence():
     state = TrainState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"], tx.init(v["params"]),
                        v["params"])
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 12, 12, 1), dtype=np.uint8))
-    labels, idx = jnp.arange(8) % 4, jnp.arange(8, dtype=jnp.int32)
-    step = jax.jit(lambda st, ids: steps.online_step(st, v, images, labels, idx, ids, jnp.asarray(True),
+    labels = jnp.arange(8) % 4
+    step = jax.jit(lambda st, ids: steps.online_step(st, v, images, labels, ids, jnp.asarray(True),
                                                      recipe=recipe))
     by_hand = jax.tree.map(np.asarray, state.ema)
     for e in range(3):

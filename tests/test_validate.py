@@ -243,11 +243,13 @@ def test_real_subset_matches_ipc_per_class(env):
     c = env["config"]()
     from sre2l_jax.data import sources
     src = sources.build_source(c.data, c.data.train_split)
-    images, labels = validate.real_subset(src, np.array([4, 4, 4, 4]), 0, 12)
-    assert images.shape == (16, 12, 12, 1) and np.bincount(labels).tolist() == [4, 4, 4, 4]
-    again, _ = validate.real_subset(src, np.array([4, 4, 4, 4]), 0, 12)
-    other, _ = validate.real_subset(src, np.array([4, 4, 4, 4]), 1, 12)
-    assert np.array_equal(images, again) and not np.array_equal(images, other)
+    subset = validate.real_subset(src, np.array([4, 4, 4, 4]), 0)
+    labels = sources.source_labels(subset)
+    assert len(subset) == 16 and np.bincount(labels).tolist() == [4, 4, 4, 4]
+    assert all(np.asarray(src.labels)[subset.indices] == labels)
+    again = validate.real_subset(src, np.array([4, 4, 4, 4]), 0)
+    other = validate.real_subset(src, np.array([4, 4, 4, 4]), 1)
+    assert np.array_equal(subset.indices, again.indices) and not np.array_equal(subset.indices, other.indices)
 
 
 def _cli(env, workdir, env_extra=None):

@@ -200,8 +200,11 @@ def test_variants_table_and_report_section(tmp_path):
              "per_seed": [60.5, 59.5], "teacher_acc_on_images": None}]
     c = tiny_config("all")
     table = variants.variants_table(c, rows)
-    assert "| sre2l | 50.00 ± 1.50 | 49.00, 51.00 | 100.0 |" in table
-    assert "| (a) random real + soft labels | 60.00 ± 0.50 | 60.50, 59.50 | — |" in table
+    assert "| sre2l | 50.00 ± 1.50 | — | — | 49.00, 51.00 | 100.0 |" in table
+    assert "| (a) random real + soft labels | 60.00 ± 0.50 | — | — | 60.50, 59.50 | — |" in table
+    rows[0].update(holdout_top1=50.5, ior=-10.0)
+    table = variants.variants_table(c, rows)
+    assert "| sre2l | 50.00 ± 1.50 | 50.50 | -10.00 | 49.00, 51.00 | 100.0 |" in table
     os.makedirs(tmp_path / "variants")
     assert report._variants_section(str(tmp_path)) == ""
     write_json_atomic(str(tmp_path / "variants" / "results.json"), rows)

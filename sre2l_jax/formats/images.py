@@ -81,10 +81,9 @@ def class_folders(images_dir: str, class_names: list[str]) -> list[str]:
     return list(folders) if folders else class_folder_names(list(class_names))
 
 
-def read_set(images_dir: str, class_names: list[str], channels: int,
-             image_size: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(uint8 images [N,H,W,C], int32 class ids [N], class folders) of a synthetic set, in class
-    order; every class must have images."""
+def synthetic_source(images_dir: str, class_names: list[str], channels: int):
+    """(random-access source, class folders) of a synthetic set, in class order; every class
+    must have images. Images are decoded when read, never all at once."""
     has_files = os.path.isdir(images_dir) and any(files for _, _, files in os.walk(images_dir))
     if not has_files:
         raise FileNotFoundError(f"no synthetic images in {images_dir}; run the recover stage first "
@@ -94,21 +93,26 @@ def read_set(images_dir: str, class_names: list[str], channels: int,
         raise ValueError(f"{images_dir}: {len(folders)} class folders are expected but the data has "
                          f"{len(class_names)} classes")
     source = sources.ImageFolderSource(images_dir, "", class_names=folders, channels=channels)
-    images, labels = sources.load_arrays(source, image_size)
-    missing = [folders[c] for c in np.flatnonzero(np.bincount(labels, minlength=len(folders)) == 0)]
+    missing = [folders[c] for c in np.flatnonzero(np.bincount(source.labels, minlength=len(folders)) == 0)]
     if missing:
         raise ValueError(f"{images_dir}: no synthetic images for {len(missing)} classes "
                          f"({missing[:5]}...); finish the recover stage for every class")
+    return source, folders
+
+
+def read_set(images_dir: str, class_names: list[str], channels: int,
+             image_size: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(uint8 images [N,H,W,C], int32 class ids [N], class folders) of a synthetic set, decoded
+    into memory (for grids and reports; students stream it)."""
+    source, folders = synthetic_source(images_dir, class_names, channels)
+    images, labels = sources.load_arrays(source, image_size)
     return images, labels, folders
 
 
-def load_synthetic(config, workdir: str, teacher_meta: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The synthetic set relabel and validate train on: (uint8 images, int32 class ids), in the
-    teacher's class order, at the data's resolution."""
+def load_synthetic(config, workdir: str, teacher_meta: dict):
+    """The synthetic set relabel and validate train on, as a source in the teacher's class order."""
     names = teacher_meta.get("class_names") or [str(i) for i in range(config.data.num_classes)]
-    images, labels, _ = read_set(default_dir(config, workdir), list(names), config.data.channels,
-                                 config.data.image_size)
-    return images, labels
+    return synthetic_source(default_dir(config, workdir), list(names), config.data.channels)[0]
 
 
 def grid(images: np.ndarray, labels: np.ndarray, per_class: int = 10) -> np.ndarray:

@@ -115,13 +115,15 @@ class Selector:
         return out
 
 
-def recover(config, stage_dir: str, model, progress, folders: list[str]) -> list[str]:
-    """Select every class's images (skipping finished classes); returns the progress keys."""
+def recover(config, stage_dir: str, model, progress, folders: list[str]) -> tuple[list, int]:
+    """Select every class's images (skipping finished classes); (the progress keys, images this
+    process wrote)."""
     rc = config.recover
     scoring = (model.ensemble, model.variables) if rc.rded_scorer == "ensemble" else \
         (model.models[0], model.variables[0])
     selector = Selector(config, *scoring)
     keys = [f"class{c}" for c in range(config.data.num_classes)]
+    written = 0
     for c, key in enumerate(keys):
         if key in progress.done:
             continue
@@ -133,10 +135,11 @@ def recover(config, stage_dir: str, model, progress, folders: list[str]) -> list
             file = image_files.image_file(folders[c], k, rc.ipc, rc.image_format)
             if c % jax.process_count() == jax.process_index():
                 image_files.save_image(os.path.join(stage_dir, "images", file), e["image"], rc.jpeg_quality)
+                written += 1
             records.append({"class": c, "ipc": k, "file": file, "ce": e["ce"],
                             "teacher_pred": int(np.argmax(probs[k])), "init_sources": e["sources"],
                             "boxes": e["boxes"]})
         progress.finish(key, records)
         print(f"recover (rded): class {c + 1}/{len(keys)}, mean patch CE "
               f"{np.mean([r['ce'] for r in records]):.3f}", flush=True)
-    return keys
+    return keys, written

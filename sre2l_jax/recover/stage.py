@@ -116,6 +116,7 @@ class _Recovery:
                               stage="recover")
         self.n_images = n_images
         self.images_done = n_images - sum(len(b.classes) for b in todo)
+        self.written = 0  # by this process
 
     def _placed(self, padded: list[plan.Batch]):
         classes = parallel.shard_host_identical(self.mesh, np.asarray([b.classes for b in padded], np.int32))
@@ -136,6 +137,9 @@ class _Recovery:
             _, (x, opt_state), extra = checkpoint.restore_state(self.mngr, (x, opt_state), latest[0])
             t = extra["t"]
             print(f"recover: resumed batches {[b.index for b in jobs]} at iteration {t}", flush=True)
+        elif latest is not None:  # another round, or the same batches on another device count
+            for step in self.mngr.all_steps():
+                self.mngr.delete(step)
         chunk = max(1, min(self.config.log_every_steps, self.rc.checkpoint_every, hp.iterations))
         while t < hp.iterations:
             t1 = min(hp.iterations, (t // chunk + 1) * chunk)
@@ -169,6 +173,7 @@ class _Recovery:
                     path = os.path.join(self.stage_dir, "images", image_files.image_file(
                         self.folders[c], k, rc.ipc, rc.image_format))
                     image_files.save_image(path, img, rc.jpeg_quality)
+                    self.written += 1
                     if rc.save_float:
                         image_files.save_float(path, raw)
 
@@ -218,9 +223,10 @@ def run(config, workdir: str) -> dict:
     folders = image_files.class_folder_names(list(names))
     t_start = time.time()
     if rc.method == "rded":
-        keys = rded.recover(config, stage_dir, model, progress, folders)
+        keys, written = rded.recover(config, stage_dir, model, progress, folders)
     else:
-        keys = _optimize(config, stage_dir, model, progress, folders)
+        keys, written = _optimize(config, stage_dir, model, progress, folders)
+    print(f"recover: this process wrote {written} images", flush=True)
     # The manifest covers every finished unit, so runs over ipc/class ranges fill in one set.
     entries = [e for k in keys if k in progress.done for e in progress.done[k]]
     summary = {**_summary(entries, model.paths[0], time.time() - t_start),
@@ -253,8 +259,9 @@ def _sanity_check(summary: dict, rc) -> None:
           file=sys.stderr, flush=True)
 
 
-def _optimize(config, stage_dir: str, model: teachers.Teachers, progress, folders) -> list[str]:
-    """SRe²L: optimize every configured batch not finished yet; returns every batch's key."""
+def _optimize(config, stage_dir: str, model: teachers.Teachers, progress, folders) -> tuple[list, int]:
+    """SRe²L: optimize every configured batch not finished yet; (every batch's key, images this
+    process wrote)."""
     everything, batches = plan.configured_batches(config)
     todo = [b for b in batches if str(b.index) not in progress.done]
     recovery = _Recovery(config, stage_dir, model, todo, sum(len(b.classes) for b in batches), folders)
@@ -263,7 +270,7 @@ def _optimize(config, stage_dir: str, model: teachers.Teachers, progress, folder
         for b in jobs:
             progress.finish(str(b.index), records[b.index])
     recovery.close()
-    return [str(b.index) for b in everything]
+    return [str(b.index) for b in everything], recovery.written
 
 
 def _summary(entries: list[dict], teacher_path: str, seconds: float) -> dict:

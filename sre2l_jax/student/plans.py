@@ -139,8 +139,8 @@ def make_plan(key: jax.Array, x: jax.Array, spec: AugSpec) -> dict:
     return {"boxes": boxes, "flips": flips, **mix_plan(k_mix, x.shape[0], spec)}
 
 
-def augmented(images: jax.Array, idx: jax.Array, ids: jax.Array, spec: AugSpec):
-    """Batch `ids` of `images` at positions `idx`: normalized, its plan drawn and applied."""
-    x = normalize(images[idx], spec)
+def augmented(images: jax.Array, ids: jax.Array, spec: AugSpec):
+    """Batch `ids` (uint8 images): normalized, its plan drawn and applied."""
+    x = normalize(images, spec)
     plan = make_plan(batch_key(ids), x, spec)
     return apply_plan(x, plan, spec), plan

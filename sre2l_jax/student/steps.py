@@ -77,32 +77,30 @@ def teacher_logits(recipe: Recipe, teacher_vars: dict, x: jax.Array) -> jax.Arra
     return logits.astype(recipe.logits_dtype).astype(jnp.float32)
 
 
-def online_step(state, teacher_vars, images, labels, idx, ids, soft, *, recipe: Recipe):
+def online_step(state, teacher_vars, images, labels, ids, soft, *, recipe: Recipe):
     """Soft labels from the frozen teacher on this very batch, or (soft false) hard labels mixed by λ.
 
     `soft` is a runtime flag, so the SRe²L run and the hard-label baselines share one compiled
     step per batch shape; `lax.cond` skips the teacher's forward pass when it is false.
     """
-    x, plan = augmented(images, idx, ids, recipe.spec)
+    x, plan = augmented(images, ids, recipe.spec)
     shape = jax.eval_shape(lambda: teacher_logits(recipe, teacher_vars, x))
     targets = jax.lax.cond(soft, lambda: teacher_logits(recipe, teacher_vars, x),
                            lambda: jnp.zeros(shape.shape, shape.dtype))
     targets = jax.lax.stop_gradient(targets)
-    hard_labels = labels[idx]
     return _update(state, x, lambda s: jnp.where(
-        soft, recipe.soft_loss(s, targets, hard_labels), hard_loss(s, hard_labels, plan)),
-        recipe)
+        soft, recipe.soft_loss(s, targets, labels), hard_loss(s, labels, plan)), recipe)
 
 
-def stored_step(state, images, labels, idx, plan, targets, *, recipe: Recipe):
+def stored_step(state, images, labels, plan, targets, *, recipe: Recipe):
     """Replay a stored plan with stored teacher logits (FKD-style relabelled training)."""
-    x = apply_plan(normalize(images[idx], recipe.spec), plan, recipe.spec)
-    return _update(state, x, lambda s: recipe.soft_loss(s, targets, labels[idx]), recipe)
+    x = apply_plan(normalize(images, recipe.spec), plan, recipe.spec)
+    return _update(state, x, lambda s: recipe.soft_loss(s, targets, labels), recipe)
 
 
-def label_batch(teacher_vars, images, idx, ids, *, recipe: Recipe):
+def label_batch(teacher_vars, images, ids, *, recipe: Recipe):
     """What relabel stores for one batch: its plan and the teacher's float32 logits."""
-    x, plan = augmented(images, idx, ids, recipe.spec)
+    x, plan = augmented(images, ids, recipe.spec)
     return plan, recipe.teacher.apply(teacher_vars, x, train=False).astype(jnp.float32)
 
 
@@ -134,27 +132,25 @@ class Steps:
             self._fns[key] = build(self._batch_sharding(batch))
         return self._fns[key]
 
-    def online(self, state, teacher_vars, images, labels, idx, ids, soft: bool):
-        fn = self._jit("online", idx.shape[0], lambda b: jax.jit(
+    def online(self, state, teacher_vars, images, labels, ids, soft: bool):
+        fn = self._jit("online", images.shape[0], lambda b: jax.jit(
             functools.partial(online_step, recipe=self.recipe),
-            in_shardings=(self.state_sharding, self.repl, self.repl, self.repl, b, self.repl,
-                          self.repl),
+            in_shardings=(self.state_sharding, self.repl, b, b, self.repl, self.repl),
             out_shardings=(self.state_sharding, self.repl), donate_argnums=(0,),
             compiler_options=parallel.training_compiler_options()))
-        return fn(state, teacher_vars, images, labels, idx, ids,
-                  parallel.replicate(self.mesh, np.asarray(soft)))
+        return fn(state, teacher_vars, images, labels, ids, parallel.replicate(self.mesh, np.asarray(soft)))
 
-    def stored(self, state, images, labels, idx, plan, targets):
-        fn = self._jit("stored", idx.shape[0], lambda b: jax.jit(
+    def stored(self, state, images, labels, plan, targets):
+        fn = self._jit("stored", images.shape[0], lambda b: jax.jit(
             functools.partial(stored_step, recipe=self.recipe),
-            in_shardings=(self.state_sharding, self.repl, self.repl, b,
+            in_shardings=(self.state_sharding, b, b,
                           {"boxes": b, "flips": b, "perm": b, "lam": self.repl, "box": self.repl}, b),
             out_shardings=(self.state_sharding, self.repl), donate_argnums=(0,),
             compiler_options=parallel.training_compiler_options()))
-        return fn(state, images, labels, idx, plan, targets)
+        return fn(state, images, labels, plan, targets)
 
-    def label(self, teacher_vars, images, idx, ids):
-        fn = self._jit("label", idx.shape[0], lambda b: jax.jit(
+    def label(self, teacher_vars, images, ids):
+        fn = self._jit("label", images.shape[0], lambda b: jax.jit(
             functools.partial(label_batch, recipe=self.recipe),
-            in_shardings=(self.repl, self.repl, b, self.repl), out_shardings=self.repl))
-        return fn(teacher_vars, images, idx, ids)
+            in_shardings=(self.repl, b, self.repl), out_shardings=self.repl))
+        return fn(teacher_vars, images, ids)

@@ -1,0 +1,99 @@
+"""The images of every student batch, streamed by Grain (relabel, validate and the baselines alike).
+
+A student set is a random-access source: the recovered ImageFolder, or a random real subset of the
+train split. For each epoch, Grain maps batch b of the epoch's order to its images, decoded and
+fitted to image_size (`EvalResize`), with worker threads or processes (`student.data_workers`)
+prefetching `student.data_prefetch` batches ahead. Each host reads only its rows of a batch the
+devices can split evenly (the squeeze pipeline's layout: `parallel.global_batch`); a last, partial
+batch is read whole by every host and placed replicated. So host memory holds the prefetched
+batches, not the set, and the same seed gives the same batches (images, crops, labels) on any
+number of devices or hosts. Augmentation stays on the device, inside the jitted step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+
+from sre2l_jax import parallel
+from sre2l_jax.data.sources import source_labels
+from sre2l_jax.data.transforms import EvalResize
+from sre2l_jax.student.plans import batch_bounds
+
+
+def fingerprint(source: Any) -> str:
+    """A content hash of a student set, streamed: the files' bytes for an ImageFolder, otherwise
+    the decoded images; with the labels."""
+    h = hashlib.sha256(np.asarray(source_labels(source), np.int64).tobytes())
+    paths = getattr(source, "paths", None)
+    for i in range(len(source)):
+        if paths is not None:
+            with open(paths[i], "rb") as f:
+                h.update(f.read())
+        else:
+            h.update(np.ascontiguousarray(source[i]["image"]).tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class _Batches:
+    """Grain's random-access view of one epoch: element b = this host's rows of batch b."""
+
+    source: Any
+    fit: EvalResize
+    order: np.ndarray
+    bounds: list
+    n_dev: int
+    process: tuple[int, int]  # (index, count): a sharded batch's rows are split between hosts
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+    def __getitem__(self, b: int) -> dict:
+        s, e = self.bounds[b]
+        lo, hi = 0, e - s
+        if (e - s) % self.n_dev == 0:
+            per_host = (e - s) // self.process[1]
+            lo, hi = self.process[0] * per_host, (self.process[0] + 1) * per_host
+        idx = self.order[s + lo:s + hi]
+        records = [self.fit.map(self.source[int(i)]) for i in idx]
+        return {"image": np.stack([np.asarray(r["image"]) for r in records]).astype(np.uint8),
+                "label": np.asarray([r["label"] for r in records], np.int32)}
+
+
+class StudentData:
+    """A student set on its way to the mesh, one epoch at a time."""
+
+    def __init__(self, source: Any, image_size: int, mesh, batch_size: int, workers: int = 0,
+                 prefetch: int = 2):
+        self.source, self.mesh, self.batch_size = source, mesh, batch_size
+        self.labels = source_labels(source).astype(np.int32)
+        self.fit = EvalResize(image_size, image_size)
+        self.workers, self.prefetch = workers, prefetch
+        self.bounds = batch_bounds(len(source), batch_size)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def epoch(self, order: np.ndarray) -> Iterator[tuple[int, jax.Array, jax.Array]]:
+        """(batch index, images uint8 [B,H,W,C], labels int32 [B]) on the mesh, in `order`."""
+        n_dev = self.mesh.devices.size
+        view = _Batches(self.source, self.fit, np.asarray(order), self.bounds, n_dev,
+                        (jax.process_index(), jax.process_count()))
+        ds = grain.MapDataset.source(view).to_iter_dataset(
+            grain.ReadOptions(num_threads=1, prefetch_buffer_size=self.prefetch))
+        if self.workers:
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
+        for b, local in enumerate(ds):
+            s, e = self.bounds[b]
+            if (e - s) % n_dev == 0:
+                placed = parallel.global_batch(self.mesh, local)
+            else:
+                placed = parallel.replicate(self.mesh, local)
+            yield b, placed["image"], placed["label"]
