@@ -211,7 +211,7 @@ def pipeline(spec: dict) -> dict:
 
     from sre2l_jax import optim, squeeze
     from sre2l_jax.data import pipeline as pl
-    from sre2l_jax.data import sources
+    from sre2l_jax.data import splits
     from sre2l_jax.models import create_model, init_variables
     from sre2l_jax.train_state import TrainState
 
@@ -221,7 +221,7 @@ def pipeline(spec: dict) -> dict:
 
     c = fashion_mnist.get_config("squeeze")
     dc, sc = c.data, c.squeeze
-    src = sources.build_source(dc, dc.train_split)
+    src = splits.build_source(dc, dc.train_split)
     nb = spec["batches"]
     it = pl.train_iterator(dc, src, sc.batch_size, c.seed)
     batch = next(it)  # thread start-up and the first epoch's permutation are not counted

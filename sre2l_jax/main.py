@@ -35,6 +35,7 @@ def setup(argv) -> tuple:
         raise app.UsageError(f"--workdir={WORKDIR.value}: use a mounted path (gcsfuse; "
                              "launch/tpu_pod.sh mounts GCS_BUCKET at /gcs/<bucket>), not a URL")
     parallel.maybe_initialize_distributed()
+    _persistent_compilation_cache()
     workdir = os.path.abspath(WORKDIR.value)
     os.makedirs(workdir, exist_ok=True)
     return CONFIG.value, workdir
@@ -73,6 +74,17 @@ def user_errors_as_one_line(main: Callable) -> Callable:
                 raise
             _fail(e)
     return wrapped
+
+
+def _persistent_compilation_cache() -> None:
+    """XLA executables cached on disk across runs (JAX's own cache; a run recompiles nothing it
+    compiled before). `JAX_COMPILATION_CACHE_DIR` or `SRE2L_COMPILE_CACHE` choose the directory,
+    `SRE2L_COMPILE_CACHE=off` turns it off."""
+    import jax
+
+    where = os.environ.get("SRE2L_COMPILE_CACHE", os.path.expanduser("~/.cache/sre2l_jax/xla"))
+    if where != "off" and not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", where)
 
 
 def launch(main: Callable) -> None:

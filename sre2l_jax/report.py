@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from sre2l_jax import teachers
-from sre2l_jax.data import sources
+from sre2l_jax.data import sources, splits
 from sre2l_jax.data.transforms import EvalResize, resize_image
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.metrics import mean_std_text, read_jsonl
@@ -70,7 +70,7 @@ def tsne_plot(config, workdir: str, images, labels, names, path: str, real_per_c
 
     model = teachers.load(config, workdir)
     meta = model.meta
-    real_src = sources.build_source(config.data, config.data.eval_split)
+    real_src = splits.build_source(config.data, config.data.eval_split)
     all_labels = sources.source_labels(real_src)
     rng = np.random.default_rng(0)
     pick = np.concatenate([rng.permutation(np.flatnonzero(all_labels == c))[:real_per_class]
@@ -191,7 +191,7 @@ def real_subset_grid(config, workdir: str, labels: np.ndarray, names: list[str],
     if not set(config.validate.baselines) & {"real_soft", "real_hard"}:
         return False
     counts = np.bincount(labels, minlength=config.data.num_classes)
-    source = sources.build_source(config.data, "train")
+    source = splits.build_source(config.data, "train")
     subset = validate.real_subset(source, counts, config.validate.seeds[0])
     fit = EvalResize(config.data.image_size, config.data.image_size)  # as the students see them
     images = np.stack([fit.map(subset[i])["image"] for i in range(len(subset))])

@@ -17,7 +17,7 @@ import optax
 from absl import logging
 
 from sre2l_jax import checkpoint, evaluate, optim, parallel, stage_state
-from sre2l_jax.data import pipeline, sources
+from sre2l_jax.data import pipeline, splits
 from sre2l_jax.metrics import MetricsLog
 from sre2l_jax.models import create_model, init_variables
 from sre2l_jax.train_state import TrainState
@@ -56,7 +56,7 @@ def train_step(state: TrainState, batch: dict, *, model, tx, label_smoothing: fl
 def _import_weights(config, workdir: str) -> dict:
     from sre2l_jax import torch_import  # torch is an optional extra
 
-    source = sources.build_source(config.data, config.data.train_split)
+    source = splits.build_source(config.data, config.data.train_split)
     out = os.path.join(workdir, "squeeze", "model")
     meta = torch_import.import_torchvision(
         config.squeeze.torchvision_weights, out, expected_num_classes=config.data.num_classes,
@@ -111,9 +111,9 @@ class _Trainer:
         sc, dc = config.squeeze, config.data
         self.config, self.sc, self.dc = config, sc, dc
         self.mesh = parallel.make_mesh(config.num_devices)
-        self.train_src = sources.build_source(dc, dc.train_split)
-        self.eval_src = sources.build_source(dc, dc.eval_split)
-        self.holdout_src = sources.build_source(dc, sources.HOLDOUT) if dc.holdout else None
+        self.train_src = splits.build_source(dc, dc.train_split)
+        self.eval_src = splits.build_source(dc, dc.eval_split)
+        self.holdout_src = splits.build_source(dc, splits.HOLDOUT) if dc.holdout else None
         self.steps_per_epoch = pipeline.steps_per_epoch(len(self.train_src), sc.batch_size)
         self.total_steps = sc.max_steps or sc.epochs * self.steps_per_epoch
         self.model = create_model(config.model.arch, dc.num_classes, config.model.width,

@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 
 from sre2l_jax import checkpoint, ddranking, evaluate, optim, parallel, stage_state, teachers
-from sre2l_jax.data import sources
+from sre2l_jax.data import sources, splits
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.formats.labels import StoredLabels
 from sre2l_jax.metrics import MetricsLog, mean_std_text
@@ -109,8 +109,8 @@ class _Students:
         self.init = lambda key: parallel.replicate(self.mesh, jax.device_get(init(key)))
         self.steps = Steps(recipe, self.mesh, self.state_sharding)
         self.teacher_vars = parallel.replicate(self.mesh, model.variables)
-        self.eval_source = sources.build_source(d, d.eval_split)
-        self.holdout_source = sources.build_source(d, sources.HOLDOUT) if d.holdout else None
+        self.eval_source = splits.build_source(d, d.eval_split)
+        self.holdout_source = splits.build_source(d, splits.HOLDOUT) if d.holdout else None
         self.meta = {"arch": st.arch, "width": st.width, "stem": model.meta["stem"],
                      "num_classes": d.num_classes, "channels": d.channels, "image_size": d.image_size,
                      "mean": list(d.mean), "std": list(d.std),
@@ -243,7 +243,7 @@ def _runs(config, synthetic, stored: StoredLabels | None) -> list[Run]:
                 runs.append(Run(name, seed, synthetic, soft=False))
                 continue
             if train_source is None:
-                train_source = sources.build_source(config.data, config.data.train_split)
+                train_source = splits.build_source(config.data, config.data.train_split)
             runs.append(Run(name, seed, real_subset(train_source, counts, seed), soft=name == "real_soft"))
     return runs
 

@@ -11,7 +11,7 @@ from helpers import write_idx
 from PIL import Image
 
 from sre2l_jax.configlib import base_config
-from sre2l_jax.data import pipeline, sources, transforms
+from sre2l_jax.data import pipeline, sources, splits, transforms
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -93,7 +93,7 @@ def test_real_fashion_mnist():
     if not os.path.isdir(FASHION_DIR):
         pytest.skip(f"{FASHION_DIR} not installed")
     cfg = data_cfg(name="fashion_mnist", dir=FASHION_DIR)
-    train, test = sources.build_source(cfg, "train"), sources.build_source(cfg, "eval")
+    train, test = splits.build_source(cfg, "train"), splits.build_source(cfg, "eval")
     assert (len(train), len(test)) == (60000, 10000)
     assert train.class_names[9] == "Ankle boot" and train[0]["image"].shape == (28, 28, 1)
     assert np.bincount(train.labels).tolist() == [6000] * 10
@@ -132,7 +132,7 @@ def test_tiny_imagenet_layout(tmp_path):
     (tmp_path / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     cfg = data_cfg(source="imagefolder", dir=str(tmp_path), eval_split="val", num_classes=2,
                    channels=3, mean=(0.5,) * 3, std=(0.5,) * 3)
-    train, val = sources.build_source(cfg, "train"), sources.build_source(cfg, "eval")
+    train, val = splits.build_source(cfg, "train"), splits.build_source(cfg, "eval")
     assert train.class_names == val.class_names == ["n01", "n02"]
     assert train.labels.tolist() == [0, 0, 1, 1]
     assert val.labels.tolist() == [1, 0, 0]
@@ -165,31 +165,31 @@ def test_subset_remaps_without_decoding(tmp_path, monkeypatch):
 def test_build_source_subset_and_caps(tmp_path):
     data = make_idx_dir(str(tmp_path), n_train=100)
     cfg = data_cfg(dir=str(tmp_path), class_ids=(7, 3), num_classes=2)
-    src = sources.build_source(cfg, "train")
+    src = splits.build_source(cfg, "train")
     assert len(src) == 20 and src.class_names == ["7", "3"]
     assert [src[i]["label"] for i in range(4)] == [1, 0, 1, 0]  # source records 3, 7, 13, 17
     np.testing.assert_array_equal(src[2]["image"][..., 0], data["train"][0][13])
     cfg = data_cfg(dir=str(tmp_path), max_train_examples=30, max_eval_examples=5)
-    capped = sources.build_source(cfg, "train")
+    capped = splits.build_source(cfg, "train")
     assert len(capped) == 30 and np.bincount(capped.labels).tolist() == [3] * 10
-    again = sources.build_source(cfg, "train")
+    again = splits.build_source(cfg, "train")
     np.testing.assert_array_equal(capped.indices, again.indices)
-    assert len(sources.build_source(cfg, "eval")) == 5
+    assert len(splits.build_source(cfg, "eval")) == 5
 
 
 def test_build_source_errors(tmp_path):
     missing = str(tmp_path / "nope")
     with pytest.raises(FileNotFoundError) as err:
-        sources.build_source(data_cfg(name="fashion_mnist", dir=missing), "train")
+        splits.build_source(data_cfg(name="fashion_mnist", dir=missing), "train")
     assert missing in str(err.value) and "data.dir" in str(err.value)
     assert "apt-get install -y dataset-fashion-mnist" in str(err.value)
     make_idx_dir(str(tmp_path))
     with pytest.raises(ValueError, match="num_classes=7"):
-        sources.build_source(data_cfg(dir=str(tmp_path), num_classes=7), "train")
+        splits.build_source(data_cfg(dir=str(tmp_path), num_classes=7), "train")
     with pytest.raises(ValueError, match="channel"):
-        sources.build_source(data_cfg(dir=str(tmp_path), channels=3), "train")
+        splits.build_source(data_cfg(dir=str(tmp_path), channels=3), "train")
     with pytest.raises(ValueError, match="data.source"):
-        sources.build_source(data_cfg(dir=str(tmp_path), source="lmdb"), "train")
+        splits.build_source(data_cfg(dir=str(tmp_path), source="lmdb"), "train")
 
 
 def test_load_arrays(tmp_path):
@@ -235,7 +235,7 @@ def test_tfds_source(tiny_tfds, tmp_path):
     assert np.bincount(src.labels).tolist() == [3, 3, 3]
     cfg = data_cfg(source="tfds", tfds_name="sre2l_tiny_test", dir=tiny_tfds, class_ids=(1,),
                    num_classes=1, channels=3)
-    sub = sources.build_source(cfg, "eval")
+    sub = splits.build_source(cfg, "eval")
     assert len(sub) == 1 and sub[0]["label"] == 0 and sub.class_names == ["b"]
     with pytest.raises(FileNotFoundError, match="download_and_prepare"):
         sources.TfdsSource("sre2l_tiny_test", "train", data_dir=str(tmp_path))
@@ -382,8 +382,8 @@ def test_eval_batches_padding_and_host_slices():
 def test_fashion_like_idx_end_to_end(tmp_path):
     make_idx_dir(str(tmp_path), n_train=64, n_test=10)
     cfg = data_cfg(dir=str(tmp_path))
-    train = sources.build_source(cfg, "train")
+    train = splits.build_source(cfg, "train")
     batch = next(pipeline.train_iterator(cfg, train, 32, seed=0))
     assert batch["image"].shape == (32, 28, 28, 1)
-    evals = list(pipeline.eval_batches(cfg, sources.build_source(cfg, "eval"), 8))
+    evals = list(pipeline.eval_batches(cfg, splits.build_source(cfg, "eval"), 8))
     assert [int(b["mask"].sum()) for b in evals] == [8, 2]

@@ -12,7 +12,7 @@ import pytest
 from helpers import REPO, TESTS, numpy_forward_stats, pngs, tiny_config, write_idx
 
 from sre2l_jax import squeeze, teachers
-from sre2l_jax.data import sources
+from sre2l_jax.data import sources, splits
 from sre2l_jax.models import apply_with_bn_stats
 from sre2l_jax.recover import class_stats, objective, rded
 
@@ -41,7 +41,7 @@ def test_class_statistics_equal_a_numpy_per_class_computation(tmp_path, data_dir
     model, variables, path = tiny_teacher
     c = _config(data_dir, path)
     got = class_stats.compute(c, str(tmp_path), 0, model, variables, save_every=1)
-    train = sources.build_source(c.data, "train")
+    train = splits.build_source(c.data, "train")
     images = np.stack([train[i]["image"] for i in range(len(train))]).astype(np.float64)
     x = (images / 255.0 - 0.5) / 0.25
     labels = sources.source_labels(train)

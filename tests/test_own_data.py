@@ -13,7 +13,7 @@ from helpers import REPO, TINY, tiny_config, write_idx
 from PIL import Image
 
 from sre2l_jax import checkpoint, models, recover, squeeze, teachers
-from sre2l_jax.data import sources
+from sre2l_jax.data import sources, splits
 
 
 def _tree(root, mode: str, n_train: int = 40, n_val: int = 6, size: int = 16):
@@ -62,7 +62,7 @@ def test_a_tree_without_val_holds_out_a_fraction(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config(f"all,data_dir={tmp_path / 'data'}")
-    train, val = sources.build_source(c.data, "train"), sources.build_source(c.data, "eval")
+    train, val = splits.build_source(c.data, "train"), splits.build_source(c.data, "eval")
     assert len(train) == 4 * 36 and len(val) == 4 * 4
     assert not set(train.indices.tolist()) & set(val.indices.tolist())
 
@@ -74,11 +74,11 @@ def test_gray_replicated_to_rgb_is_the_gray_batch_repeated(tmp_path):
     c = tiny_config()
     c.data.source, c.data.dir, c.data.class_ids, c.data.channels = "idx", str(tmp_path), (0, 1, 2, 3), 3
     with pytest.raises(ValueError, match="data.convert_channels=True"):
-        sources.build_source(c.data, "train")
+        splits.build_source(c.data, "train")
     c.data.convert_channels = True
-    rgb = sources.build_source(c.data, "train")
+    rgb = splits.build_source(c.data, "train")
     c.data.channels, c.data.convert_channels = 1, False
-    gray = sources.build_source(c.data, "train")
+    gray = splits.build_source(c.data, "train")
     for i in range(len(gray)):
         assert rgb[i]["image"].shape == (12, 12, 3)
         np.testing.assert_array_equal(rgb[i]["image"], np.repeat(gray[i]["image"], 3, axis=-1))

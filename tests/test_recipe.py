@@ -8,7 +8,7 @@ from helpers import write_idx
 
 from sre2l_jax import optim
 from sre2l_jax.configlib import base_config
-from sre2l_jax.data import sources
+from sre2l_jax.data import sources, splits
 from sre2l_jax.models import create_model, init_variables
 from sre2l_jax.student import losses, plans, steps
 from sre2l_jax.train_state import TrainState
@@ -112,19 +112,19 @@ def _data(idx_dir, **kw):
 
 def test_holdout_is_class_balanced_and_disjoint_from_every_training_set(idx_dir):
     d = _data(idx_dir)
-    held, train = sources.build_source(d, sources.HOLDOUT), sources.build_source(d, "train")
-    full = sources.source_labels(sources.build_source(_data(idx_dir, holdout=0), "train"))
+    held, train = splits.build_source(d, splits.HOLDOUT), splits.build_source(d, "train")
+    full = sources.source_labels(splits.build_source(_data(idx_dir, holdout=0), "train"))
     assert np.bincount(sources.source_labels(held), minlength=4).tolist() == [5, 5, 5, 5]
     held_idx, train_idx = set(held.indices.tolist()), set(train.indices.tolist())
     assert not held_idx & train_idx and len(held_idx | train_idx) == len(full)
     # The same images however often it is built; another holdout_seed draws others.
-    assert held.indices.tolist() == sources.build_source(d, sources.HOLDOUT).indices.tolist()
-    other = sources.build_source(_data(idx_dir, holdout_seed=1), sources.HOLDOUT)
+    assert held.indices.tolist() == splits.build_source(d, splits.HOLDOUT).indices.tolist()
+    other = splits.build_source(_data(idx_dir, holdout_seed=1), splits.HOLDOUT)
     assert other.indices.tolist() != held.indices.tolist()
     # Caps apply to what is left for training; the holdout keeps all its images.
-    capped = sources.build_source(_data(idx_dir, max_train_examples=40), "train")
+    capped = splits.build_source(_data(idx_dir, max_train_examples=40), "train")
     assert len(capped) == 40 and not set(capped.source.indices[capped.indices].tolist()) & held_idx
     with pytest.raises(ValueError, match="multiple of the 4 classes"):
-        sources.build_source(_data(idx_dir, holdout=6), "train")
+        splits.build_source(_data(idx_dir, holdout=6), "train")
     with pytest.raises(ValueError, match="no held-out split"):
-        sources.build_source(_data(idx_dir, holdout=0), sources.HOLDOUT)
+        splits.build_source(_data(idx_dir, holdout=0), splits.HOLDOUT)

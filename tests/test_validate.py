@@ -241,8 +241,8 @@ def test_summary(runs):
 
 def test_real_subset_matches_ipc_per_class(env):
     c = env["config"]()
-    from sre2l_jax.data import sources
-    src = sources.build_source(c.data, c.data.train_split)
+    from sre2l_jax.data import sources, splits
+    src = splits.build_source(c.data, c.data.train_split)
     subset = validate.real_subset(src, np.array([4, 4, 4, 4]), 0)
     labels = sources.source_labels(subset)
     assert len(subset) == 16 and np.bincount(labels).tolist() == [4, 4, 4, 4]

@@ -19,7 +19,7 @@ from helpers import (
 )
 
 from sre2l_jax import augment, checkpoint, recover, relabel, teachers, validate
-from sre2l_jax.data import sources
+from sre2l_jax.data import sources, splits
 from sre2l_jax.formats import labels as label_files
 from sre2l_jax.recover import objective, real_init
 from sre2l_jax.stage_state import write_json_atomic
@@ -84,7 +84,7 @@ def _data_config(data_dir, teacher_path, **recover_opts):
 def test_real_init_draws_only_from_the_slots_own_class(data_dir, tiny_teacher, mode):
     model, variables, path = tiny_teacher
     c = _data_config(data_dir, path, init=mode, init_pool=8)
-    labels = sources.source_labels(sources.build_source(c.data, "train"))
+    labels = sources.source_labels(splits.build_source(c.data, "train"))
     slots = [(cl, k) for cl in range(4) for k in range(4)]
     start = real_init.start_images(c, model, variables, slots)
     for (cl, k), src in start.sources.items():
@@ -98,7 +98,7 @@ def test_real_init_draws_only_from_the_slots_own_class(data_dir, tiny_teacher, m
     assert alone.sources[(2, 3)] == start.sources[(2, 3)]
     np.testing.assert_array_equal(alone.image((2, 3)), start.image((2, 3)))
     if mode == "real_random":  # the start image is that train image, normalized
-        raw = sources.load_arrays(sources.build_source(c.data, "train"), 12)[0][start.sources[(1, 0)][0]]
+        raw = sources.load_arrays(splits.build_source(c.data, "train"), 12)[0][start.sources[(1, 0)][0]]
         np.testing.assert_allclose(start.image((1, 0)), (raw / 255.0 - 0.5) / 0.25, atol=1e-6)
 
 
@@ -115,7 +115,7 @@ def test_real_init_recovery_is_device_invariant_and_records_sources(tmp_path, da
         recover.run(c, str(tmp_path / f"d{n}"))
         floats[n] = read_floats(tmp_path / f"d{n}")
     assert_same_images(floats[1], floats[2])
-    labels = sources.source_labels(sources.build_source(c.data, "train"))
+    labels = sources.source_labels(splits.build_source(c.data, "train"))
     entries = json.load(open(tmp_path / "d1" / "recover" / "manifest.json"))["images"]
     assert len(entries) == 16 and all(labels[e["init_sources"][0]] == e["class"] for e in entries)
 

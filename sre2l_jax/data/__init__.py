@@ -8,11 +8,11 @@ from sre2l_jax.data.sources import (
     IndexedSource,
     SubsetSource,
     TfdsSource,
-    build_source,
     load_arrays,
     read_idx,
     source_labels,
 )
+from sre2l_jax.data.splits import balanced_prefix, build_source, holdout_indices, val_indices
 from sre2l_jax.data.transforms import (
     EvalResize,
     Normalize,
@@ -27,6 +27,7 @@ from sre2l_jax.data.transforms import (
 __all__ = [
     "FASHION_MNIST_CLASSES", "EvalResize", "IdxSource", "ImageFolderSource", "IndexedSource",
     "Normalize", "RandomCrop", "RandomHorizontalFlip", "RandomResizedCrop", "SubsetSource",
-    "TfdsSource", "build_source", "eval_batches", "load_arrays", "read_idx", "resize_image",
-    "rrc_params", "source_labels", "steps_per_epoch", "train_iterator", "train_transforms",
+    "TfdsSource", "balanced_prefix", "build_source", "eval_batches", "holdout_indices", "load_arrays",
+    "read_idx", "resize_image", "rrc_params", "source_labels", "steps_per_epoch", "train_iterator",
+    "train_transforms", "val_indices",
 ]

@@ -15,7 +15,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from sre2l_jax.data.sources import ImageFolderSource, balanced_prefix, list_class_folders
+from sre2l_jax.data.sources import ImageFolderSource, list_class_folders
+from sre2l_jax.data.splits import balanced_prefix
 from sre2l_jax.data.transforms import EvalResize
 
 EVAL_SPLITS = ("val", "test")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sre2l_jax import parallel, stage_state
-from sre2l_jax.data import pipeline, sources
+from sre2l_jax.data import pipeline, splits
 from sre2l_jax.models import BN_IMAGE_SUMS, bn_statistics
 
 STATS = "stats.npz"
@@ -54,7 +54,7 @@ def compute(config, workdir: str, index: int, model, variables, save_every: int 
 def _accumulate(config, out_dir: str, model, variables, save_every: int) -> dict:
     d = config.data
     mesh = parallel.make_mesh(config.num_devices)
-    source = sources.build_source(d, "train")
+    source = splits.build_source(d, "train")
     k = d.num_classes
     partial = stage_state.read_npz(os.path.join(out_dir, PARTIAL)) or {"batches": 0}
     sums_fn = jax.jit(functools.partial(_batch_sums, model, num_classes=k),

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from sre2l_jax.data import sources
+from sre2l_jax.data import sources, splits
 from sre2l_jax.data.transforms import EvalResize, resize_image, rrc_params
 
 MODES = ("noise", "real_random", "real_medium", "real_mosaic")
@@ -116,7 +116,7 @@ def start_images(config, model, variables, slots: list[Slot]) -> StartImages:
     rc, dc = config.recover, config.data
     if rc.init not in MODES[1:]:
         raise ValueError(f"unknown recover.init {rc.init!r}; known: {MODES}")
-    source = sources.build_source(dc, "train")
+    source = splits.build_source(dc, "train")
     labels = sources.source_labels(source)
     fit = EvalResize(dc.image_size, dc.eval_resize)
     load = lambda i: np.asarray(fit.map(source[int(i)])["image"])
