@@ -6,8 +6,8 @@ r"""Student recipes side by side: the same teacher, the same recovered images, o
 Runs (or reuses) squeeze and recover in WORKDIR, then for each recipe the validate stage in
 WORKDIR/recipes/<name>/ with the `student.*` settings of that recipe on top of the config, and
 writes WORKDIR/recipes/table.md and results.json: test and holdout top-1 of every entry (SRe²L and
-the baselines, all under the recipe) and DD-Ranking's IOR/HLR/LRS. `--set=key=value,...` adds
-`student.*` overrides to every recipe (for sweeps); `--name` names such a row.
+the baselines, all under the recipe) and DD-Ranking's IOR/HLR/LRS. `--set=key=value` (repeatable) adds
+a `student.*` override to every recipe (for sweeps); `--name` names such a row.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from sre2l_jax.metrics import mean_std_text
 from sre2l_jax.stage_state import read_json, write_json_atomic, write_text_atomic
 
 _RECIPES = flags.DEFINE_list("recipes", ["sre2l_paper", "edc"], "Named recipes to run.")
-_SET = flags.DEFINE_list("set", [], "student.key=value overrides for every recipe.")
+_SET = flags.DEFINE_multi_string("set", [], "student.key=value override for every recipe (repeat the "
+                                  "flag for several; values are Python literals: crop_scale=(0.5,1.0)).")
 _NAME = flags.DEFINE_string("name", "", "Row name suffix for --set sweeps.")
 
 RECIPES = configlib.STUDENT_RECIPES
@@ -35,6 +36,8 @@ RECIPES = configlib.STUDENT_RECIPES
 def _overrides(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set={pair}: expected key=value (one override per --set flag)")
         key, value = pair.split("=", 1)
         try:
             out[key] = ast.literal_eval(value)
