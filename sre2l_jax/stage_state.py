@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from sre2l_jax.configlib import EXECUTION_KEYS
+from sre2l_jax.configlib import EXECUTION_KEYS, base_config
 
 DONE = "done.json"
 CLAIM = "settings.json"
@@ -104,6 +105,30 @@ def settings(config, *sections: str, **extra: Any) -> dict:
     return canonical({**out, **extra})
 
 
+@functools.cache
+def _defaults() -> dict:
+    """`section.key -> default` of every option, JSON-normal."""
+    return {f"{section}.{k}": v for section, keys in canonical(base_config().to_dict()).items()
+            if isinstance(keys, dict) for k, v in keys.items()}
+
+
+def settings_match(old: Any, new: Any, path: tuple = ()) -> bool:
+    """`old == new`, except that an option added to the project after `old` was recorded matches
+    when it has its default value: upgrading sre2l_jax does not redo finished work."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return old == new
+    for k in set(old) | set(new):
+        if k in old and k in new:
+            if not settings_match(old[k], new[k], (*path, k)):
+                return False
+        elif k in old or _defaults().get(".".join((*path, k)[-2:]), _MISSING) != new[k]:
+            return False
+    return True
+
+
+_MISSING = object()
+
+
 def content_hash(*arrays: Any) -> str:
     """A short hash of arrays' contents (a synthetic set, a teacher's variables)."""
     h = hashlib.sha256()
@@ -147,7 +172,7 @@ class Claim:
         old = read_json(self.path)
         if old is None:
             return False
-        if old != canonical(self.settings):
+        if not settings_match(old, canonical(self.settings)):
             raise StaleOutputError(
                 f"{self.directory} holds {self.what} made with other settings "
                 f"({describe_diff(old, canonical(self.settings))}); delete it or use a new workdir")
@@ -182,7 +207,7 @@ class StageDir:
     def finished_summary(self, stage_settings: dict) -> dict | None:
         """The stage's summary when it finished with these settings, else None."""
         done = read_json(os.path.join(self.path, DONE))
-        if done is None or done.get("settings") != canonical(stage_settings):
+        if done is None or not settings_match(done.get("settings"), canonical(stage_settings)):
             return None
         return done["summary"]
 

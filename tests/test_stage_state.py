@@ -133,3 +133,31 @@ def test_moved_keys_name_their_new_place(tmp_path):
     assert out.returncode != 0
     assert out.stderr.strip() == ("error: config key validate.lr moved to student.lr; "
                                   "set --config.student.lr instead")
+
+
+def _drop_key(path: str, section: str, key: str) -> None:
+    """Rewrite a done marker as an older sre2l_jax (without `section.key`) would have written it."""
+    done = json.load(open(path))
+    for stage_settings in done["settings"].values():
+        stage_settings.get(section, {}).pop(key, None)
+    json.dump(done, open(path, "w"))
+
+
+@pytest.mark.parametrize("value,rerun", [(False, []), (True, list(stages.PIPELINE))])
+def test_an_option_added_later_reruns_only_when_set(tmp_path, fake_pipeline, value, rerun):
+    """Output of a version without `data.convert_channels` is reused while it has its default."""
+    c = load_config("fashion_mnist", "all,runlocal")
+    for stage in stages.PIPELINE:
+        stages.run_once(c, str(tmp_path), stage)
+        _drop_key(str(tmp_path / stage / "done.json"), "data", "convert_channels")
+    fake_pipeline.clear()
+    c.unlock()
+    c.data.convert_channels = value
+    for stage in stages.PIPELINE:
+        stages.run_once(c, str(tmp_path), stage)
+    assert fake_pipeline == rerun
+
+
+def test_a_removed_option_does_not_match():
+    assert not stage_state.settings_match({"data": {"gone": 1, "size": 2}}, {"data": {"size": 2}})
+    assert stage_state.settings_match({"data": {"size": 2}}, {"data": {"size": 2}})
