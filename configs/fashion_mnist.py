@@ -5,14 +5,16 @@ Whole pipeline, CPU (about 20 minutes on 2 cores):
 One stage, or a smoke run of it:
   python -m sre2l_jax.main --config=configs/fashion_mnist.py:squeeze,runlocal --workdir=/tmp/fm
 Options after the stage: runlocal, ipc=N, width=N, iterations=N, seeds=N (student seeds),
-method=sre2l|rded|edc (a later method instead of SRe²L; README "Later methods"), holdout=N.
+method=sre2l|rded|edc (a later method instead of SRe²L; README "Later methods"),
+recipe=sre2l_paper|edc|rded (a named student recipe; README "Student recipes"), holdout=N.
 """
 
 from sre2l_jax import configlib
 
 
 def get_config(arg: str | None = None):
-    arg = configlib.parse_arg(arg, ipc=10, width=8, iterations=1000, seeds=1, method="sre2l", holdout=0)
+    arg = configlib.parse_arg(arg, ipc=10, width=8, iterations=1000, seeds=1, method="sre2l", recipe="",
+                              holdout=0)
     c = configlib.base_config()
     c.stage, c.runlocal = arg.stage, arg.runlocal
 
@@ -29,6 +31,7 @@ def get_config(arg: str | None = None):
     c.validate.seeds = tuple(range(arg.seeds))  # seeds=3 for the mean ± std table
 
     configlib.apply_method(c, arg.method)
+    configlib.apply_student_recipe(c, arg.recipe)
     if arg.runlocal:
         configlib.shrink_for_runlocal(c)
     return configlib.lock(c)

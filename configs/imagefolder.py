@@ -9,7 +9,7 @@ evaluates. Class names and count come from the folders, image size and channels 
 are stored with the model). The recipe follows the resolution: ≤ 32² the CPU-sized low-resolution
 recipe of the Fashion-MNIST default (the authors' CIFAR recovery), 33-95² Tiny-ImageNet's, ≥ 96²
 ImageNet's (a teacher trained here: ImageNet stem, SGD). Options: ipc=, width=, seeds=, runlocal,
-method=sre2l|rded|edc, holdout=, name=.
+method=sre2l|rded|edc, recipe=sre2l_paper|edc|rded, holdout=, name=.
 """
 
 from sre2l_jax import configlib
@@ -18,7 +18,7 @@ from sre2l_jax.data import folder_info
 
 def get_config(arg: str | None = None):
     arg = configlib.parse_arg(arg, data_dir="", size=0, channels=0, mean=(), std=(), val_fraction=0.1,
-                              ipc=10, width=8, seeds=1, method="sre2l", holdout=0, name="")
+                              ipc=10, width=8, seeds=1, method="sre2l", recipe="", holdout=0, name="")
     if not arg.data_dir:
         raise ValueError("configs/imagefolder.py needs data_dir=DIR (an ImageFolder tree), e.g. "
                          "--config=configs/imagefolder.py:all,data_dir=/data/mine")
@@ -46,6 +46,7 @@ def get_config(arg: str | None = None):
         c.recover.lr, c.recover.alpha_bn, c.recover.jitter = 0.25, 0.01, (0, 32)
     c.validate.seeds = tuple(range(arg.seeds))
     configlib.apply_method(c, arg.method)
+    configlib.apply_student_recipe(c, arg.recipe)
     if arg.runlocal:
         configlib.shrink_for_runlocal(c)
     return configlib.lock(c)

@@ -266,6 +266,14 @@ def apply_method(c: ml_collections.ConfigDict, method: str) -> None:
         c.student.update(STUDENT_RECIPES["edc"])
 
 
+def apply_student_recipe(c: ml_collections.ConfigDict, name: str) -> None:
+    """`recipe=<name>`: one of STUDENT_RECIPES on top of the config ("" keeps the config's own)."""
+    if name and name not in STUDENT_RECIPES:
+        raise ValueError(f"unknown student recipe {name!r}; known: {sorted(STUDENT_RECIPES)}")
+    if name:
+        c.student.update(STUDENT_RECIPES[name])
+
+
 def moved_key_error(key: str) -> str | None:
     """The message for a key that moved (`relabel.temperature`), or None."""
     new = MOVED_KEYS.get(key)

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import write_idx
+from helpers import load_config, write_idx
 
-from sre2l_jax import optim
+from sre2l_jax import configlib, optim
 from sre2l_jax.configlib import base_config
 from sre2l_jax.data import sources, splits
 from sre2l_jax.models import create_model, init_variables
@@ -128,3 +128,15 @@ def test_holdout_is_class_balanced_and_disjoint_from_every_training_set(idx_dir)
         splits.build_source(_data(idx_dir, holdout=6), "train")
     with pytest.raises(ValueError, match="no held-out split"):
         splits.build_source(_data(idx_dir, holdout=0), splits.HOLDOUT)
+
+
+@pytest.mark.parametrize("name", sorted(configlib.STUDENT_RECIPES))
+def test_a_named_recipe_sets_its_student_keys(name):
+    c = load_config("fashion_mnist", f"all,recipe={name}")
+    for key, value in configlib.STUDENT_RECIPES[name].items():
+        assert c.student[key] == value, key
+
+
+def test_an_unknown_recipe_is_refused():
+    with pytest.raises(ValueError, match="unknown student recipe 'fast'"):
+        load_config("fashion_mnist", "all,recipe=fast")
