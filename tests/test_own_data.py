@@ -170,3 +170,14 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path, tiny_teacher):
         out = _cli("--config=configs/fashion_mnist.py:squeeze", "--config.data.num_classes=7", "--debug",
                    f"--workdir={tmp_path / 'debug'}", timeout=300)
         assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def test_a_class_folder_without_images_is_named(tmp_path):
+    from sre2l_jax.data import folder_info
+
+    _tree(tmp_path, "L", n_train=2, n_val=1)
+    os.makedirs(tmp_path / "train" / "class_9")
+    with pytest.raises(ValueError, match=r"class folders without images \['class_9'\]"):
+        folder_info.inspect(str(tmp_path))
+    os.rmdir(tmp_path / "train" / "class_9")
+    assert len(folder_info.inspect(str(tmp_path)).class_names) == 4

@@ -44,6 +44,10 @@ def inspect(root: str, sample: int = 64) -> FolderInfo:
     if not classes:
         raise ValueError(f"{root} has no class folders (expected {root}/train/<class>/ or {root}/<class>/)")
     source = ImageFolderSource(root, train, channels=3)
+    empty = sorted(set(classes) - set(source.class_names))
+    if empty:
+        raise ValueError(f"{os.path.join(root, train)}: class folders without images {empty[:5]}"
+                         f"{' …' if len(empty) > 5 else ''}; add images or remove the folders")
     sizes, modes = collections.Counter(), collections.Counter()
     for path in source.paths[:: max(1, len(source.paths) // sample)]:
         with Image.open(path) as im:
