@@ -4,10 +4,11 @@ squeeze: one SGD step (momentum 0.9, weight decay on every parameter, CE) of the
   ResNet-18 in training mode, as squeeze.py runs it (`squeeze.train_step` with the package's
   compiler options) and as the authors' train.py does in PyTorch (torchvision resnet18 with the 3×3
   stem and no max-pool, `optimizer.zero_grad(); loss.backward(); optimizer.step()`).
-student: one soft-label step: the frozen teacher's logits on the batch (eval mode, no grad), KL
-  (τ 20) of the student, AdamW — JAX: `student.steps.online_step` (per-image RandomResizedCrop,
-  flip and CutMix inside the step); PyTorch: the authors' FKD-style loop body on a batch that is
-  already cropped (their DataLoader workers do the crops), CutMix in the step.
+student: one soft-label step of the default recipe (EDC's): the frozen teacher's logits on the
+  batch (eval mode, no grad), MSE to them + 0.025·CE, AdamW, EMA 0.99 of the parameters — JAX:
+  `student.steps.online_step` (per-image RandomResizedCrop, flip and CutMix inside the step);
+  PyTorch: EDC's loop body on a batch that is already cropped (their DataLoader workers do the
+  crops), CutMix and the EMA update in the step.
 loops: the real squeeze and validate loops (data, logging, checkpoints) in steps/s, against the
   bare step above, to show what the loop adds.
 Every case: a warm-up step, then `iters` timed steps; the median of `repeats` is kept.
@@ -81,8 +82,9 @@ def jax_student(spec: dict) -> dict:
     v = init_variables(model, jax.random.key(1), (res, res, c))
     tx = optim.make_optimizer("adamw", lambda _: 1e-3, weight_decay=0.01)
     spec_aug = plans.AugSpec(res, (0.5,) * c, (0.25,) * c, mix="cutmix")
-    recipe = steps.Recipe(model, model, tx, spec_aug, 20.0, False)
-    state = TrainState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"], tx.init(v["params"]))
+    recipe = steps.Recipe(model, model, tx, spec_aug, 20.0, False, loss="mse_ce", ema=0.99)
+    state = TrainState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"], tx.init(v["params"]),
+                       ema=jax.tree.map(jnp.copy, v["params"]))
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (b, res, res, c), dtype=np.uint8))
     labels = jnp.arange(b) % 10
     ids, soft = jnp.asarray([0, 0, 0], jnp.int32), jnp.asarray(True)
@@ -202,7 +204,8 @@ def torch_student(spec: dict) -> dict:
     w, res, c, b = spec["width"], spec["res"], spec["channels"], spec["batch"]
     teacher, student = _torch_resnet18(w, c).eval(), _torch_resnet18(w, c).train()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.01)
-    x = torch.randn(b, c, res, res)
+    ema = [p.detach().clone() for p in student.parameters()]
+    x, y = torch.randn(b, c, res, res), torch.arange(b) % 10
 
     def step():
         lam = float(np.random.beta(1.0, 1.0))  # CutMix: one box, one partner permutation per batch
@@ -216,10 +219,12 @@ def torch_student(spec: dict) -> dict:
         with torch.no_grad():
             soft = teacher(xm)
         out = student(xm)
-        loss = F.kl_div(F.log_softmax(out / 20.0, 1), F.softmax(soft / 20.0, 1), reduction="batchmean")
+        loss = F.mse_loss(out, soft) + 0.025 * F.cross_entropy(out, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, list(student.parameters()), 0.01)
 
     return {"ms_per_step": _timed(step, spec["iters"], spec["repeats"]), "rss_peak_mib": max_rss_mib(),
             "threads": torch.get_num_threads()}
