@@ -140,6 +140,25 @@ def write_idx(path: str, array: np.ndarray) -> None:
         f.write(payload)
 
 
+def write_idx_dataset(root, n_train: int, n_test: int, size: int, seed: int) -> str:
+    """A 4-class IDX data set (labels i mod 4, random pixels) in `root`; returns its path."""
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(str(root / f"{prefix}-images-idx3-ubyte"),
+                  rng.integers(0, 256, (n, size, size), dtype=np.uint8))
+        write_idx(str(root / f"{prefix}-labels-idx1-ubyte"), (np.arange(n) % 4).astype(np.uint8))
+    return str(root)
+
+
+def idx_config(data_dir: str, teacher_path: str, **recover_opts):
+    """The tiny recover config over a `write_idx_dataset` set, with recover.* options."""
+    c = tiny_config(teacher=teacher_path)
+    c.data.source, c.data.dir, c.data.class_ids = "idx", data_dir, (0, 1, 2, 3)
+    for k, v in recover_opts.items():
+        c.recover[k] = v
+    return c
+
+
 def write_synthetic(workdir, ipc: int = 4, seed: int = 0) -> None:
     """A recovered set of random 12×12 PNGs for the tiny teacher's four classes, with a manifest."""
     from sre2l_jax.stage_state import write_json_atomic

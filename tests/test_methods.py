@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO, TESTS, numpy_forward_stats, pngs, tiny_config, write_idx
+from helpers import REPO, TESTS, idx_config, numpy_forward_stats, pngs, tiny_config, write_idx_dataset
 
 from sre2l_jax import squeeze, teachers
 from sre2l_jax.data import sources, splits
@@ -20,26 +20,12 @@ from sre2l_jax.recover import class_stats, objective, rded
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """4 classes × 12 train images of 12² (labels i mod 4), a small test split."""
-    root = tmp_path_factory.mktemp("methods_idx")
-    rng = np.random.default_rng(7)
-    for prefix, n in (("train", 48), ("t10k", 8)):
-        images = rng.integers(0, 256, (n, 12, 12), dtype=np.uint8)
-        write_idx(str(root / f"{prefix}-images-idx3-ubyte"), images)
-        write_idx(str(root / f"{prefix}-labels-idx1-ubyte"), (np.arange(n) % 4).astype(np.uint8))
-    return str(root)
-
-
-def _config(data_dir, teacher_path, **recover_opts):
-    c = tiny_config(teacher=teacher_path)
-    c.data.source, c.data.dir, c.data.class_ids = "idx", data_dir, (0, 1, 2, 3)
-    for k, v in recover_opts.items():
-        c.recover[k] = v
-    return c
+    return write_idx_dataset(tmp_path_factory.mktemp("methods_idx"), 48, 8, 12, seed=7)
 
 
 def test_class_statistics_equal_a_numpy_per_class_computation(tmp_path, data_dir, tiny_teacher):
     model, variables, path = tiny_teacher
-    c = _config(data_dir, path)
+    c = idx_config(data_dir, path)
     got = class_stats.compute(c, str(tmp_path), 0, model, variables, save_every=1)
     train = splits.build_source(c.data, "train")
     images = np.stack([train[i]["image"] for i in range(len(train))]).astype(np.float64)
@@ -83,7 +69,7 @@ def test_alpha_zero_is_sre2l_and_alpha_one_is_class_conditional(tiny_teacher):
 def test_rded_keeps_the_lowest_loss_crops(data_dir, tiny_teacher):
     """Selection against brute force: every crop scored alone, argmin per image, best images."""
     model, variables, path = tiny_teacher
-    c = _config(data_dir, path, rded_pool=8, rded_crops=3, ipc=2)
+    c = idx_config(data_dir, path, rded_pool=8, rded_crops=3, ipc=2)
     sel = rded.Selector(c, model, variables)
     pool, boxes = sel.candidates(1)
     assert len(pool) == 8 and all(sources.source_labels(sel.source)[pool] == 1)

@@ -11,10 +11,11 @@ from helpers import (
     TINY,
     assert_same_images,
     hparams,
+    idx_config,
     randomized_teacher,
     read_floats,
     tiny_config,
-    write_idx,
+    write_idx_dataset,
     write_synthetic,
 )
 
@@ -63,27 +64,13 @@ def test_crop_schedule_errors():
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """4 classes × 10 train images (28², resized to the tiny 12²), labels c = i mod 4."""
-    root = tmp_path_factory.mktemp("variants_idx")
-    rng = np.random.default_rng(3)
-    for prefix, n in (("train", 40), ("t10k", 8)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        write_idx(str(root / f"{prefix}-images-idx3-ubyte"), images)
-        write_idx(str(root / f"{prefix}-labels-idx1-ubyte"), (np.arange(n) % 4).astype(np.uint8))
-    return str(root)
-
-
-def _data_config(data_dir, teacher_path, **recover_opts):
-    c = tiny_config(teacher=teacher_path)
-    c.data.source, c.data.dir, c.data.class_ids = "idx", data_dir, (0, 1, 2, 3)
-    for k, v in recover_opts.items():
-        c.recover[k] = v
-    return c
+    return write_idx_dataset(tmp_path_factory.mktemp("variants_idx"), 40, 8, 28, seed=3)
 
 
 @pytest.mark.parametrize("mode", ["real_random", "real_medium", "real_mosaic"])
 def test_real_init_draws_only_from_the_slots_own_class(data_dir, tiny_teacher, mode):
     model, variables, path = tiny_teacher
-    c = _data_config(data_dir, path, init=mode, init_pool=8)
+    c = idx_config(data_dir, path, init=mode, init_pool=8)
     labels = sources.source_labels(splits.build_source(c.data, "train"))
     slots = [(cl, k) for cl in range(4) for k in range(4)]
     start = real_init.start_images(c, model, variables, slots)
@@ -110,7 +97,7 @@ def test_medium_picks_take_the_middle_of_the_confidence_order():
 def test_real_init_recovery_is_device_invariant_and_records_sources(tmp_path, data_dir, tiny_teacher):
     floats = {}
     for n in (1, 2):
-        c = _data_config(data_dir, tiny_teacher[2], init="real_random")
+        c = idx_config(data_dir, tiny_teacher[2], init="real_random")
         c.num_devices = n
         recover.run(c, str(tmp_path / f"d{n}"))
         floats[n] = read_floats(tmp_path / f"d{n}")
@@ -153,7 +140,7 @@ def test_multi_teacher_recovery_and_ensemble_labels(tmp_path, data_dir, tiny_tea
     model, va, path_a = tiny_teacher
     floats = {}
     for n in (1, 2):
-        c = _data_config(data_dir, path_a, extra_teachers=(second_teacher,))
+        c = idx_config(data_dir, path_a, extra_teachers=(second_teacher,))
         c.num_devices = n
         recover.run(c, str(tmp_path / f"m{n}"))
         floats[n] = read_floats(tmp_path / f"m{n}")
@@ -172,7 +159,7 @@ def test_multi_teacher_recovery_and_ensemble_labels(tmp_path, data_dir, tiny_tea
     def stored_logits(name, extra):
         w = str(tmp_path / name)
         write_synthetic(w)
-        cfg = _data_config(data_dir, path_a, extra_teachers=extra)
+        cfg = idx_config(data_dir, path_a, extra_teachers=extra)
         cfg.student.epochs, cfg.student.batch_size, cfg.num_devices = 1, 8, 1
         relabel.run(cfg, w)
         return label_files.read_epoch(os.path.join(w, "relabel"), 0)["logits"]
@@ -182,7 +169,7 @@ def test_multi_teacher_recovery_and_ensemble_labels(tmp_path, data_dir, tiny_tea
     assert not np.allclose(stored_logits("pair", (second_teacher,)), single, atol=1e-2)
 
     # Validate trains a student on the ensemble's soft labels and evaluates the ensemble teacher.
-    cfg = _data_config(data_dir, path_a, extra_teachers=(second_teacher,))
+    cfg = idx_config(data_dir, path_a, extra_teachers=(second_teacher,))
     st = cfg.student
     st.arch, st.width, st.epochs, st.batch_size, st.eval_every_epochs = "_tiny", 4, 2, 8, 2
     cfg.validate.seeds, cfg.validate.baselines, cfg.num_devices = (0,), (), 1
