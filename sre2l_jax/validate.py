@@ -99,7 +99,8 @@ class _Students:
                                        weight_decay=st.weight_decay)
         recipe = Recipe(self.model, model.ensemble, self.tx, self.spec, float(st.temperature),
                         bool(st.tau2_factor), str(st.teacher_logits_dtype), st.loss,
-                        float(st.ce_weight), float(st.ema))
+                        float(st.ce_weight), float(st.ema),
+                        config.validate.labels == "stored" and config.relabel.top_k > 0)
         repl = parallel.replicated(self.mesh)
         self.state_sharding = jax.tree.map(lambda _: repl, jax.eval_shape(self._init_state,
                                                                            plans.init_key(0)))

@@ -9,6 +9,7 @@ from helpers import load_config, write_idx
 from sre2l_jax import configlib, optim
 from sre2l_jax.configlib import base_config
 from sre2l_jax.data import sources, splits
+from sre2l_jax.formats import labels as label_files
 from sre2l_jax.models import create_model, init_variables
 from sre2l_jax.student import losses, plans, steps
 from sre2l_jax.train_state import TrainState
@@ -28,6 +29,21 @@ def test_mse_ce_loss_matches_a_hand_computation():
     expected = np.mean((s - t) ** 2) + 0.025 * ce
     got = losses.mse_ce_loss(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32),
                              jnp.asarray(labels), 0.025)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+
+
+def test_mse_ce_loss_leaves_out_the_classes_a_top_k_label_did_not_store():
+    rng = np.random.default_rng(1)
+    s, t = rng.normal(0, 3, (4, 6)), rng.normal(0, 3, (4, 6))
+    labels = np.array([0, 1, 2, 3])
+    kept = np.argsort(-t, axis=1)[:, :3]
+    stored = np.full_like(t, label_files.FILL_LOGIT)
+    np.put_along_axis(stored, kept, np.take_along_axis(t, kept, 1), 1)
+    known = stored > -1e8
+    ce = np.mean(-np.log(_softmax(s))[np.arange(4), labels])
+    expected = np.sum((s - t)[known] ** 2) / s.size + 0.025 * ce  # missing classes: zero error
+    got = losses.mse_ce_loss(jnp.asarray(s, jnp.float32), jnp.asarray(stored, jnp.float32),
+                             jnp.asarray(labels), 0.025, top_k_targets=True)
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
 
 

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sre2l_jax.formats.labels import FILL_LOGIT
+
 
 def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, tau: float,
             tau2_factor: bool) -> jax.Array:
@@ -25,8 +27,16 @@ def hard_loss(logits: jax.Array, labels: jax.Array, plan: dict) -> jax.Array:
 
 
 def mse_ce_loss(student_logits: jax.Array, teacher_logits: jax.Array, labels: jax.Array,
-                ce_weight: float) -> jax.Array:
+                ce_weight: float, top_k_targets: bool = False) -> jax.Array:
     """EDC's student loss: the mean squared error to the teacher's logits (mean over batch and
-    classes) + ce_weight · the cross-entropy on the image's own label (un-mixed, as EDC)."""
+    classes) + ce_weight · the cross-entropy on the image's own label (un-mixed, as EDC).
+
+    `top_k_targets`: the targets are top-k labels with FILL_LOGIT for the classes they did not
+    store; those entries get the student's own logit as target, i.e. zero error and no gradient
+    (a squared error to −1e9 would swamp the rest, and any finite stand-in would be a made-up
+    target). A Python flag, so full-logit steps compile exactly as before (bit for bit)."""
     ce = optax.softmax_cross_entropy_with_integer_labels(student_logits, labels).mean()
+    if top_k_targets:
+        stored = teacher_logits > FILL_LOGIT / 2
+        teacher_logits = jnp.where(stored, teacher_logits, jax.lax.stop_gradient(student_logits))
     return jnp.mean(jnp.square(student_logits - teacher_logits)) + ce_weight * ce

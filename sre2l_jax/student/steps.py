@@ -39,6 +39,7 @@ class Recipe:
     loss: str = "kl"  # kl | mse_ce
     ce_weight: float = 0.025  # mse_ce: weight of the cross-entropy on the (mixed) hard labels
     ema: float = 0.0  # rate of the exponential moving average of the weights (0: none)
+    top_k_targets: bool = False  # stored top-k labels: classes they did not store hold FILL_LOGIT
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -48,7 +49,7 @@ class Recipe:
         """The distillation loss of a soft-label step."""
         if self.loss == "kl":
             return kd_loss(logits, targets, self.tau, self.tau2_factor)
-        return mse_ce_loss(logits, targets, hard_labels, self.ce_weight)
+        return mse_ce_loss(logits, targets, hard_labels, self.ce_weight, self.top_k_targets)
 
 
 def _update(state: TrainState, x: jax.Array, loss_of_logits: Callable, recipe: Recipe):
