@@ -14,6 +14,8 @@ import os
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -135,3 +137,19 @@ class PerDevice:
     def __call__(self, mesh: Mesh, *args):
         per_device = device_pieces(args, mesh)
         return from_device_pieces([self.fn(*a) for a in per_device], mesh)
+
+
+def host_barrier(name: str, timeout_s: int = 3600) -> None:
+    """Block until every process reaches `name`: a coordination-service barrier, no collective.
+
+    On CPU a cross-host collective creates its Gloo context on first use with a fixed 30 s deadline,
+    so a host that arrives later than that fails it (seen: recovery at 224², 2 processes sharing 2
+    cores, one compiling longer). Meeting here first, with a long timeout, closes the gap."""
+    if jax.process_count() > 1:
+        ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
+
+
+def gather_hosts(tree, name: str):
+    """`process_allgather(tree, tiled=True)` after every host has reached `name`."""
+    host_barrier(name)
+    return multihost_utils.process_allgather(tree, tiled=True)

@@ -23,8 +23,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
+from sre2l_jax import parallel
 from sre2l_jax.configlib import EXECUTION_KEYS, base_config
 
 DONE = "done.json"
@@ -229,5 +229,5 @@ class StageDir:
             target = f"{self.path}.superseded{n}"
             if jax.process_index() == 0:
                 os.rename(self.path, target)
-        multihost_utils.sync_global_devices(f"supersede_{self.stage}")
+        parallel.host_barrier(f"supersede_{self.stage}")
         return target

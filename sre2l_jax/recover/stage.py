@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
 from sre2l_jax import checkpoint, parallel, stage_state, teachers
 from sre2l_jax.formats import images as image_files
@@ -147,7 +146,7 @@ class _Recovery:
                                                  self.teacher_vars, np.int32(t), np.int32(t1))
             t = t1
             m = jax.tree.map(lambda a: float(np.mean(np.asarray(a)[:len(jobs)])),
-                             multihost_utils.process_allgather(metrics, tiled=True))
+                             parallel.gather_hosts(metrics, "recover_metrics"))
             finished = sum(len(b.classes) for b in jobs) if t == hp.iterations else 0
             self.log.write(r * hp.iterations + t, **m, lr=float(objective.cosine_lr(hp)(t - 1)),
                            images_done=self.images_done + finished, images_total=self.n_images)
@@ -179,13 +178,13 @@ class _Recovery:
 
     def _finish_round(self, jobs: list[plan.Batch], x, classes) -> dict[int, list]:
         """Score the final images, write this host's files, return every job's per-image records."""
-        scores = multihost_utils.process_allgather(
-            self.score(self.mesh, x, classes, self.teacher_vars[0]), tiled=True)
+        scores = parallel.gather_hosts(self.score(self.mesh, x, classes, self.teacher_vars[0]),
+                                       "recover_scores")
         v_pred = None
         if self.verifier is not None:
             v_score, v_vars = self.verifier
-            v_pred = multihost_utils.process_allgather(v_score(self.mesh, x, classes, v_vars),
-                                                       tiled=True)["pred"]
+            v_pred = parallel.gather_hosts(v_score(self.mesh, x, classes, v_vars),
+                                           "recover_verifier")["pred"]
         self._write_images(jobs, x)
         records = {}
         for slot, batch in enumerate(jobs):
@@ -197,7 +196,7 @@ class _Recovery:
                  **({"init_sources": self.start.sources[(c, k)]} if self.start is not None else {}),
                  **({"verifier_pred": int(v_pred[slot][i])} if v_pred is not None else {})}
                 for i, (c, k) in enumerate(zip(batch.classes, batch.ipcs))]
-        multihost_utils.sync_global_devices("recover_round_written")
+        parallel.host_barrier("recover_round_written")
         return records
 
     def close(self) -> None:
