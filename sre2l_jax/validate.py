@@ -83,7 +83,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 class _Students:
     """One validate call's shared pieces: the recipe's compiled steps, teacher, eval split, log."""
 
-    def __init__(self, config, workdir: str, model: teachers.Teachers, num_images: int):
+    def __init__(self, config, workdir: str, model: teachers.Teachers, num_images: int,
+                 top_k_targets: bool = False):
         st, d = config.student, config.data
         self.config, self.st, self.teachers_hash = config, st, model.fingerprint()
         self.stage_dir = os.path.join(workdir, "validate")
@@ -99,8 +100,7 @@ class _Students:
                                        weight_decay=st.weight_decay)
         recipe = Recipe(self.model, model.ensemble, self.tx, self.spec, float(st.temperature),
                         bool(st.tau2_factor), str(st.teacher_logits_dtype), st.loss,
-                        float(st.ce_weight), float(st.ema),
-                        config.validate.labels == "stored" and config.relabel.top_k > 0)
+                        float(st.ce_weight), float(st.ema), top_k_targets)
         repl = parallel.replicated(self.mesh)
         self.state_sharding = jax.tree.map(lambda _: repl, jax.eval_shape(self._init_state,
                                                                            plans.init_key(0)))
@@ -259,7 +259,8 @@ def run(config, workdir: str) -> dict:
     if v.labels == "stored":
         stored = StoredLabels(os.path.join(workdir, "relabel"), plans.AugSpec.from_config(config),
                               student_data.fingerprint(synthetic), model.fingerprint())
-    students = _Students(config, workdir, model, len(synthetic))
+    # Whether targets hold top-k labels is the stored files' fact (their meta), not the config's.
+    students = _Students(config, workdir, model, len(synthetic), bool(stored and stored.top_k))
     t0 = time.time()
     teacher_eval = students.evaluate(model.ensemble, model.variables)
     runs = _runs(config, synthetic, stored)

@@ -222,6 +222,14 @@ def test_topk_labels_are_stored_and_used(env, runs):
     np.testing.assert_array_equal(np.sort(z["topk_values"], 1), np.sort(full, 1)[:, 2:])
     c.validate.labels = "stored"
     assert np.isfinite(validate.run(c, w)["top1"])
+    # EDC's MSE+CE loss on the same top-k files, with a config that no longer says top_k: the
+    # files' meta decides how unstored classes are treated (a −1e9 target would give loss ~1e17).
+    mse = str(env["root"] / "topk_mse")
+    shutil.copytree(w, mse, ignore=shutil.ignore_patterns("validate"))
+    validate.run(env["config"](student__loss="mse_ce", validate__labels="stored", num_devices=4), mse)
+    with open(os.path.join(mse, "validate", "metrics.jsonl")) as f:
+        logged = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+    assert logged and max(logged) < 1e3
 
 
 def test_summary(runs):

@@ -118,6 +118,7 @@ class StoredLabels:
                              f"{len(missing) - 1} more; rerun the relabel stage to finish it")
         self.dir, self.num_classes, self.batch_size = label_dir, self.meta["num_classes"], spec.batch_size
         self.identity = {k: self.meta[k] for k in IDENTITY}
+        self.top_k = self.meta["top_k"]  # > 0: unstored classes hold FILL_LOGIT
 
     def epoch(self, epoch: int) -> list[tuple[np.ndarray, dict, np.ndarray]]:
         """[(image indices, plan, float32 logits [B,C])] for each batch of `epoch`."""
