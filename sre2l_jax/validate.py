@@ -51,6 +51,7 @@ class Run:
     entry: str
     seed: int
     source: object  # random-access images and labels (the synthetic set or a real subset)
+    images_hash: str  # student_data.fingerprint(source), read once per set, not once per run
     soft: bool
     stored: StoredLabels | None = None
 
@@ -135,7 +136,7 @@ class _Students:
         """A run's settings: the student recipe, which run it is, and its inputs' contents."""
         identity = {"entry": run.entry, "seed": run.seed, "soft": run.soft,
                     "labels": run.stored.identity if run.stored else None}
-        inputs = {"images": student_data.fingerprint(run.source),
+        inputs = {"images": run.images_hash,
                   "teachers": self.teachers_hash}
         return stage_state.Claim(run_dir, {**stage_state.settings(self.config, "data", "student"),
                                            "run": identity, "inputs": inputs}, "a student run")
@@ -231,21 +232,22 @@ def _check(v) -> None:
         raise ValueError(f"validate.full_data must be 'teacher' or 'none', got {v.full_data!r}")
 
 
-def _runs(config, synthetic, stored: StoredLabels | None) -> list[Run]:
+def _runs(config, synthetic, synthetic_hash: str, stored: StoredLabels | None) -> list[Run]:
     """Every (entry, seed) of the stage, baselines after the SRe²L run of each seed."""
     v = config.validate
     counts = np.bincount(sources.source_labels(synthetic), minlength=config.data.num_classes)
     train_source = None
     runs: list[Run] = []
     for seed in v.seeds:
-        runs.append(Run(SRE2L, seed, synthetic, soft=True, stored=stored))
+        runs.append(Run(SRE2L, seed, synthetic, synthetic_hash, soft=True, stored=stored))
         for name in v.baselines:
             if name == "synthetic_hard":
-                runs.append(Run(name, seed, synthetic, soft=False))
+                runs.append(Run(name, seed, synthetic, synthetic_hash, soft=False))
                 continue
             if train_source is None:
                 train_source = splits.build_source(config.data, config.data.train_split)
-            runs.append(Run(name, seed, real_subset(train_source, counts, seed), soft=name == "real_soft"))
+            subset = real_subset(train_source, counts, seed)
+            runs.append(Run(name, seed, subset, student_data.fingerprint(subset), soft=name == "real_soft"))
     return runs
 
 
@@ -255,15 +257,16 @@ def run(config, workdir: str) -> dict:
     _check(v)
     model = teachers.load(config, workdir)
     synthetic = image_files.load_synthetic(config, workdir, model.meta)
+    synthetic_hash = student_data.fingerprint(synthetic)
     stored = None
     if v.labels == "stored":
         stored = StoredLabels(os.path.join(workdir, "relabel"), plans.AugSpec.from_config(config),
-                              student_data.fingerprint(synthetic), model.fingerprint())
+                              synthetic_hash, model.fingerprint())
     # Whether targets hold top-k labels is the stored files' fact (their meta), not the config's.
     students = _Students(config, workdir, model, len(synthetic), bool(stored and stored.top_k))
     t0 = time.time()
     teacher_eval = students.evaluate(model.ensemble, model.variables)
-    runs = _runs(config, synthetic, stored)
+    runs = _runs(config, synthetic, synthetic_hash, stored)
     steps_per_run = config.student.epochs * len(students.bounds)
     students.log = MetricsLog(students.stage_dir, total_steps=len(runs) * steps_per_run,
                               stage="validate")

@@ -55,10 +55,15 @@ class _Batches:
     def __len__(self) -> int:
         return len(self.bounds)
 
+    def sharded(self, b: int) -> bool:
+        """Whether batch b splits evenly over the devices (else every host reads it whole)."""
+        s, e = self.bounds[b]
+        return (e - s) % self.n_dev == 0
+
     def __getitem__(self, b: int) -> dict:
         s, e = self.bounds[b]
         lo, hi = 0, e - s
-        if (e - s) % self.n_dev == 0:
+        if self.sharded(b):
             per_host = (e - s) // self.process[1]
             lo, hi = self.process[0] * per_host, (self.process[0] + 1) * per_host
         idx = self.order[s + lo:s + hi]
@@ -83,16 +88,14 @@ class StudentData:
 
     def epoch(self, order: np.ndarray) -> Iterator[tuple[int, jax.Array, jax.Array]]:
         """(batch index, images uint8 [B,H,W,C], labels int32 [B]) on the mesh, in `order`."""
-        n_dev = self.mesh.devices.size
-        view = _Batches(self.source, self.fit, np.asarray(order), self.bounds, n_dev,
+        view = _Batches(self.source, self.fit, np.asarray(order), self.bounds, self.mesh.devices.size,
                         (jax.process_index(), jax.process_count()))
         ds = grain.MapDataset.source(view).to_iter_dataset(
             grain.ReadOptions(num_threads=1, prefetch_buffer_size=self.prefetch))
         if self.workers:
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
         for b, local in enumerate(ds):
-            s, e = self.bounds[b]
-            if (e - s) % n_dev == 0:
+            if view.sharded(b):
                 placed = parallel.global_batch(self.mesh, local)
             else:
                 placed = parallel.replicate(self.mesh, local)
