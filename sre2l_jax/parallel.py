@@ -33,6 +33,16 @@ def training_compiler_options() -> dict | None:
     return {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_xnnpack": False}
 
 
+def one_shot_compiler_options() -> dict | None:
+    """XLA options for programs that run once per stage (initializing a model and its optimizer):
+    on CPU, LLVM at -O2 instead of -O3 compiles the random initialization of the ResNet-18 in about
+    a quarter of the time (13 s → 3.6 s at width 8, benchmarks/RESULTS.md) with bit-identical values
+    (tests/test_models.py); it runs once, so the faster code of -O3 buys nothing."""
+    if jax.default_backend() != "cpu":
+        return None
+    return {"xla_backend_optimization_level": 2}
+
+
 def maybe_initialize_distributed() -> None:
     """Join a multi-host job when the launcher says so (coordinator env vars or a TPU pod)."""
     if os.environ.get("SRE2L_COORDINATOR"):

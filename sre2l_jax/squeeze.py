@@ -144,7 +144,8 @@ class _Trainer:
 def _train(config, stage_dir: str) -> dict:
     sc = config.squeeze
     tr = _Trainer(config)
-    state = jax.jit(tr.init_state, out_shardings=tr.state_sharding)()
+    state = jax.jit(tr.init_state, out_shardings=tr.state_sharding,
+                    compiler_options=parallel.one_shot_compiler_options())()
     data_iter = pipeline.train_iterator(tr.dc, tr.train_src, sc.batch_size, config.seed)
     mngr = checkpoint.manager(os.path.join(stage_dir, "checkpoints"))
     restored = checkpoint.restore_state(mngr, state)

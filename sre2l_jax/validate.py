@@ -107,7 +107,7 @@ class _Students:
                                                                            plans.init_key(0)))
         # Initialised on one device, then replicated from the host: one executable for any mesh
         # (and any number of hosts, which all compute the same values from the seed).
-        init = jax.jit(self._init_state)
+        init = jax.jit(self._init_state, compiler_options=parallel.one_shot_compiler_options())
         self.init = lambda key: parallel.replicate(self.mesh, jax.device_get(init(key)))
         self.steps = Steps(recipe, self.mesh, self.state_sharding)
         self.teacher_vars = parallel.replicate(self.mesh, model.variables)

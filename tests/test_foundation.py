@@ -76,6 +76,21 @@ def test_param_counts_match_torchvision():
         assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"])) == n
 
 
+def test_one_shot_compile_options_initialize_the_same_values():
+    """Initialization compiles at -O2 (one_shot_compiler_options): the values must be -O3's, bit for bit."""
+    from sre2l_jax import parallel
+
+    model = models.create_model("resnet18", 10, 4, "lowres")
+
+    def init():
+        return models.init_variables(model, jax.random.key(3), (12, 12, 1))
+
+    fast = jax.jit(init, compiler_options=parallel.one_shot_compiler_options())()
+    default = jax.jit(init)()
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(default), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_batchnorm_follows_pytorch_semantics():
     """Biased variance normalizes, the running variance gets the unbiased one, momentum 0.1."""
     bn = models.BatchNorm(use_running_average=False)
