@@ -21,7 +21,7 @@ from bench_report import markdown
 CASES = ("train", "recover", "scaling", "student", "pipeline", "memory", "options")
 # Training-step cases: the Fashion-MNIST default's sizes and a wider/larger one (width, res, channels,
 # squeeze batch, student batch).
-TRAIN_CASES = {"default 28²×1, width 8": (8, 28, 1, 256, 25), "32²×3, width 64": (64, 32, 3, 128, 100)}
+TRAIN_CASES = {"default 28²×1, width 8": (8, 28, 1, 128, 25), "32²×3, width 64": (64, 32, 3, 128, 100)}
 # Timed iterations per call (after one warm-up iteration) and timed calls, by resolution.
 ITERS = {"full": {16: 5, 28: 10, 32: 10, 64: 5, 224: 2}, "quick": {16: 1, 28: 1, 32: 1, 64: 1, 224: 1}}
 REPEATS = {"full": 2, "quick": 1}

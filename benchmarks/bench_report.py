@@ -209,10 +209,11 @@ def train_md(t: dict) -> list[str]:
         bare_sq = 1000 / default["squeeze"]["jax"]["ms_per_step"]
         bare_st = 1000 / default["student"]["jax"]["ms_per_step"]
         student = f"validate (SRe²L student, batch {default['student']['batch']})"
+        squeeze_loop = f"squeeze (batch {default['squeeze']['batch']})"
         out += ["", "The real loops at the default sizes (data pipeline, logging, checkpoints; "
                 "steps/s from metrics.jsonl) against the bare step above:", "",
                 *_table(["loop", "loop steps/s", "bare step steps/s", "loop / bare"],
-                        [["squeeze (batch 256)", _f(loops["squeeze_steps_per_s"], "{:.2f}"),
+                        [[squeeze_loop, _f(loops["squeeze_steps_per_s"], "{:.2f}"),
                           _f(bare_sq, "{:.2f}"), _f(loops["squeeze_steps_per_s"] / bare_sq, "{:.2f}")],
                          [student, _f(loops["validate_steps_per_s"], "{:.2f}"),
                           _f(bare_st, "{:.2f}"), _f(loops["validate_steps_per_s"] / bare_st, "{:.2f}")]])]

@@ -3,7 +3,8 @@
 `all` runs squeeze → recover → relabel → validate, then the report and the results table. A stage
 whose output finished for the same settings is skipped; a half-finished one resumes from its own
 checkpoints; one finished (or half-finished) with other settings is moved aside
-(`<stage>.superseded<n>`) and run afresh. A stage's
+(`<stage>.superseded<n>`) and run afresh — except validate, whose student runs claim their own
+settings: adding seeds or baselines trains only the new students. A stage's
 settings are those it declares (`<stage>.settings`) plus those of every stage before it, so changing
 `student.lr` redoes validate only, and changing `recover.lr` redoes recover and what follows.
 """
@@ -22,13 +23,17 @@ from sre2l_jax import recover, relabel, squeeze, stage_state, validate
 class Stage:
     run: Callable[..., dict]  # (config, workdir) -> summary
     settings: Callable[..., dict]  # config -> what the stage's output depends on
+    # Its runs claim their own settings (validate: one directory per student): with new settings
+    # it reruns in place, keeping the runs that still match (more seeds or baselines), and is
+    # moved aside only when a run's claim refuses (StaleOutputError).
+    reuses_runs: bool = False
 
 
 PIPELINE = {
     "squeeze": Stage(squeeze.run, squeeze.settings),
     "recover": Stage(recover.run, recover.settings),
     "relabel": Stage(relabel.run, relabel.settings),
-    "validate": Stage(validate.run, validate.settings),
+    "validate": Stage(validate.run, validate.settings, reuses_runs=True),
 }
 
 
@@ -46,7 +51,7 @@ def run_once(config, workdir: str, name: str) -> dict:
     if summary is not None:
         print(f"[all] {name}: finished earlier with the same settings, skipped", flush=True)
         return summary
-    if stage_dir.has_done_marker():
+    if stage_dir.has_done_marker() and not PIPELINE[name].reuses_runs:
         _supersede(stage_dir)
     print(f"[all] {name}: running", flush=True)
     try:

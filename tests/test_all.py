@@ -46,6 +46,16 @@ def test_all_writes_report_and_second_run_skips_finished_stages(tmp_path, capsys
     assert out.count("skipped") == 3 and "[all] validate: running" in out
     assert os.path.exists(os.path.join(workdir, "validate.superseded1", "summary.json"))
 
+    # One more seed trains only the new seed's students: the finished ones are kept, not moved aside.
+    seed0 = os.path.join(workdir, "validate", "runs", "sre2l_seed0", "result.json")
+    seed0_stamp = os.path.getmtime(seed0)
+    c.validate.seeds = (0, 1)
+    stages.run_all(c, workdir)
+    assert os.path.getmtime(seed0) == seed0_stamp
+    assert not os.path.exists(os.path.join(workdir, "validate.superseded2"))
+    summary = json.load(open(os.path.join(workdir, "validate", "summary.json")))
+    assert [s["seed"] for s in summary["per_seed"]] == [0, 1]
+
 
 def _assert_tensorboard(workdir: str) -> None:
     """Every stage wrote TensorBoard events with its scalars (read back with TensorBoard's reader)."""
