@@ -368,7 +368,7 @@ def small_image_recipe(c: ml_collections.ConfigDict, width: int = 8, ipc: int = 
     squeezed 6 epochs at batch 128 with flips only, the authors' CIFAR recovery recipe, EDC's student."""
     c.data.train_augment = "flip"  # SPEC/Table 2: augmentation in squeeze hurts recovery
     c.model.arch, c.model.stem, c.model.width = "resnet18", "lowres", width
-    # Chosen on the holdout (55k train images, README "Speed"): batch 128, 6 epochs, lr 0.1 → holdout
+    # Chosen on the holdout (55k train images, benchmarks/RESULTS.md): batch 128, 6 epochs, lr 0.1 → holdout
     # 93.00 % in 260 s, against 92.94 % for batch 256 × 8 epochs (the previous default, 1.5× the
     # time: batch 128 costs ~10 % less per image on CPU); batch 128 lr 0.05: 92.50; batch 256 with
     # 4/5/6 epochs: 91.5/91.7/92.1. Width 16 or crop+flip augmentation: lower in the same time.

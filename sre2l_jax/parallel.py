@@ -36,8 +36,8 @@ def training_compiler_options() -> dict | None:
 def one_shot_compiler_options() -> dict | None:
     """XLA options for programs that run once per stage (initializing a model and its optimizer):
     on CPU, LLVM at -O2 instead of -O3 compiles the random initialization of the ResNet-18 in about
-    a quarter of the time (13 s → 3.6 s at width 8, benchmarks/RESULTS.md) with bit-identical values
-    (tests/test_models.py); it runs once, so the faster code of -O3 buys nothing."""
+    a third of the time (6.1 s → 1.9 s at width 8, benchmarks/RESULTS.md) with bit-identical values
+    (tests/test_foundation.py); it runs once, so the faster code of -O3 buys nothing."""
     if jax.default_backend() != "cpu":
         return None
     return {"xla_backend_optimization_level": 2}

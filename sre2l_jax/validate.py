@@ -132,8 +132,9 @@ class _Students:
         return evaluate.evaluate(model, variables, self.config.data, source or self.eval_source,
                                  self.mesh)
 
-    def claim(self, run: Run, run_dir: str) -> stage_state.Claim:
-        """A run's settings: the student recipe, which run it is, and its inputs' contents."""
+    def claim(self, run: Run) -> stage_state.Claim:
+        """A run's directory and settings: the student recipe, which run it is, its inputs' contents."""
+        run_dir = os.path.join(self.stage_dir, "runs", run_name(run.entry, run.seed, bool(run.stored)))
         identity = {"entry": run.entry, "seed": run.seed, "soft": run.soft,
                     "labels": run.stored.identity if run.stored else None}
         inputs = {"images": run.images_hash,
@@ -143,9 +144,10 @@ class _Students:
 
     def train(self, run: Run, step_offset: int) -> dict:
         """Train (or resume, or skip if finished) one student; returns its result."""
-        run_dir = os.path.join(self.stage_dir, "runs", run_name(run.entry, run.seed, bool(run.stored)))
+        claim = self.claim(run)
+        run_dir = claim.directory
         result_path = os.path.join(run_dir, "result.json")
-        self.claim(run, run_dir).take()
+        claim.take()
         if os.path.exists(result_path):
             return stage_state.read_json(result_path)
         if len(run.source) != self.num_images:
@@ -265,8 +267,10 @@ def run(config, workdir: str) -> dict:
     # Whether targets hold top-k labels is the stored files' fact (their meta), not the config's.
     students = _Students(config, workdir, model, len(synthetic), bool(stored and stored.top_k))
     t0 = time.time()
-    teacher_eval = students.evaluate(model.ensemble, model.variables)
     runs = _runs(config, synthetic, synthetic_hash, stored)
+    for one in runs:  # runs of other settings refuse here, before any evaluation or log is opened
+        students.claim(one).check()
+    teacher_eval = students.evaluate(model.ensemble, model.variables)
     steps_per_run = config.student.epochs * len(students.bounds)
     students.log = MetricsLog(students.stage_dir, total_steps=len(runs) * steps_per_run,
                               stage="validate")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import FASHION, REPO, load_config
 
-from sre2l_jax import configlib, models, squeeze
+from sre2l_jax import configlib, models, parallel, squeeze
 from sre2l_jax.metrics import read_jsonl
 
 CONFIGS = ["fashion_mnist", "tiny_imagenet", "imagenet", "cifar10", "cifar100", "imagenet_subsets"]
@@ -78,8 +78,6 @@ def test_param_counts_match_torchvision():
 
 def test_one_shot_compile_options_initialize_the_same_values():
     """Initialization compiles at -O2 (one_shot_compiler_options): the values must be -O3's, bit for bit."""
-    from sre2l_jax import parallel
-
     model = models.create_model("resnet18", 10, 4, "lowres")
 
     def init():
