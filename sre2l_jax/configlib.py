@@ -381,6 +381,10 @@ def small_image_recipe(c: ml_collections.ConfigDict, width: int = 8, ipc: int = 
     r = c.recover
     r.ipc, r.iterations, r.lr, r.alpha_bn = ipc, iterations, 0.25, 0.01
     r.crop, r.jitter, r.checkpoint_every = False, (0, 4), 100
+    # RDED (method=rded) keeps the best crops of 1000 real images per class instead of 300, chosen on
+    # the holdout (README "Later methods"): RDED-student holdout top-1 88.32 against 87.28 for 300,
+    # 86.70 for 3000, 86.28 for 60; crop scale (0.5, 1) or whole images (1, 1): 87.58, 88.06.
+    r.rded_pool = 1000
     # The student: EDC's CIFAR-10 recipe, chosen on the held-out split over SRe²L's ImageNet recipe,
     # RDED's and five variants (mean holdout top-1 of SRe²L, random+soft, random+hard; README).
     st = c.student

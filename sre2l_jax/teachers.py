@@ -9,6 +9,7 @@ members, which for one member are that member's logits.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import jax
@@ -50,9 +51,14 @@ class Teachers:
     def ensemble(self) -> Ensemble:
         return Ensemble(self.models)
 
+    @functools.cached_property
+    def _content_hash(self) -> str:
+        # Hashed once per instance: validate and relabel ask several times for the same teacher.
+        return stage_state.content_hash(self.variables)
+
     def fingerprint(self) -> str:
         """Content hash of every member's variables (a retrained teacher is a new teacher)."""
-        return stage_state.content_hash(self.variables)
+        return self._content_hash
 
     def with_dtype(self, dtype) -> Teachers:
         return dataclasses.replace(self, models=tuple(m.clone(dtype=dtype) for m in self.models))
