@@ -53,7 +53,7 @@ class Teachers:
 
     @functools.cached_property
     def _content_hash(self) -> str:
-        # Hashed once per instance: validate and relabel ask several times for the same teacher.
+        # Hashed once per instance: validate asks twice (its runs' claims, the stored labels' check).
         return stage_state.content_hash(self.variables)
 
     def fingerprint(self) -> str:
