@@ -49,6 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.runlocal = False
     c.log_every_steps = 50
     c.num_devices = 0  # use the first N devices (0: all); results do not depend on it
+    # JAX devices the host CPU is split into (no effect on GPU/TPU runs; 0: JAX's one). Two train
+    # the narrow CPU models ~1.4× faster (parallel.use_cpu_devices); the count changes float
+    # rounding in data-parallel steps, so it is fixed here rather than taken from the machine.
+    c.cpu_devices = 2
 
     c.data = d = ml_collections.ConfigDict()
     d.name = ""
@@ -221,7 +225,7 @@ MOVED_KEYS = {
 # Keys that change how a stage runs, never what it produces: no stage's settings include them,
 # so changing one neither reruns a finished stage nor refuses to resume a partial one.
 EXECUTION_KEYS = frozenset({
-    "stage", "runlocal", "log_every_steps", "num_devices", "squeeze.checkpoint_every_steps",
+    "stage", "runlocal", "log_every_steps", "num_devices", "cpu_devices", "squeeze.checkpoint_every_steps",
     "student.data_workers", "student.data_prefetch",
     "recover.ipc_start", "recover.ipc_end", "recover.class_start", "recover.class_end",
     "recover.checkpoint_every", "recover.batches_per_device", "validate.checkpoint_every_epochs",

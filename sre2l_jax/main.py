@@ -34,6 +34,7 @@ def setup(argv) -> tuple:
         # Images, manifests and JSON are plain files; a URL would become a local directory "gs:".
         raise app.UsageError(f"--workdir={WORKDIR.value}: use a mounted path (gcsfuse; "
                              "launch/tpu_pod.sh mounts GCS_BUCKET at /gcs/<bucket>), not a URL")
+    parallel.use_cpu_devices(CONFIG.value.cpu_devices)
     parallel.maybe_initialize_distributed()
     _persistent_compilation_cache()
     workdir = os.path.abspath(WORKDIR.value)

@@ -54,14 +54,52 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()  # TPU pods and SLURM: JAX reads the cluster environment
 
 
-def make_mesh(num_devices: int = 0) -> Mesh:
-    """A mesh over all devices (or the first `num_devices`, for tests comparing device counts)."""
+def use_cpu_devices(n: int) -> None:
+    """Split the host CPU into `n` JAX devices; call before the first JAX computation.
+
+    XLA:CPU runs a narrow-channel training step on about one core whatever its thread pool (the
+    Fashion-MNIST squeeze step, batch 128: 82 ms single-threaded, 84 ms with the pool), so the
+    data-parallel steps run ~1.4× faster over two simulated devices (benchmarks/RESULTS.md). Only
+    the CPU backend changes; an explicit `--xla_force_host_platform_device_count` in XLA_FLAGS
+    (tests, launch/local_cluster.sh) wins.
+    """
+    if n > 0 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        jax.config.update("jax_num_cpu_devices", n)
+
+
+def make_mesh(num_devices: int = 0, *, batch: int = 0, jobs: int = 0) -> Mesh:
+    """A mesh over all devices (or the first `num_devices`, for tests comparing device counts).
+
+    In a single-process run the mesh keeps only devices with work of their own: for a step over a
+    global `batch`, the most devices that split it evenly; for `jobs` independent pieces (recovery's
+    batches), at most one device per piece. A device without its own share would repeat another's
+    (a replicated step, an idle recovery slot), and simulated CPU devices share the cores, so the
+    repeat slows the device whose result counts. Multi-host meshes keep every host's devices.
+    """
     devices = jax.devices()
     if num_devices:
         if num_devices > len(devices):
             raise ValueError(f"asked for {num_devices} devices, only {len(devices)} exist")
         devices = devices[:num_devices]
+    if jax.process_count() == 1:
+        n = len(devices)
+        if batch:
+            n = max(d for d in range(1, n + 1) if batch % d == 0)
+        if jobs:
+            n = max(1, min(n, jobs))
+        devices = devices[:n]
     return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def lane_meshes(num_devices: int = 0, *, batch: int) -> list[Mesh]:
+    """Disjoint meshes of `make_mesh(num_devices, batch=batch)`'s size over the devices: one per
+    independent job (a student) that can run at the same time as the others. Each job on its lane
+    runs the same program as alone on a mesh of that size, so its result does not depend on how
+    many lanes there are."""
+    size = make_mesh(num_devices, batch=batch).devices.size
+    devices = list(make_mesh(num_devices).devices.flat)
+    return [Mesh(np.asarray(devices[i:i + size]), (DATA_AXIS,))
+            for i in range(0, len(devices) - size + 1, size)]
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

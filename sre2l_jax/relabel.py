@@ -69,7 +69,7 @@ def run(config, workdir: str) -> dict:
 
 def _write_epochs(config, label_dir: str, spec: AugSpec, model: teachers.Teachers, source) -> None:
     """Label every epoch whose file is missing (files are written atomically: present = complete)."""
-    mesh = parallel.make_mesh(config.num_devices)
+    mesh = parallel.make_mesh(config.num_devices, batch=spec.batch_size)
     steps = Steps(Recipe(None, model.ensemble, None, spec, config.student.temperature, False),
                   mesh, None)
     data = student_data.StudentData(source, config.data.image_size, mesh, spec.batch_size,

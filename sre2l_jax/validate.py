@@ -81,15 +81,33 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def _replicated_like(tree, mesh):
+    sharding = parallel.replicated(mesh)
+    return jax.tree.map(lambda _: sharding, tree)
+
+
+@dataclasses.dataclass
+class _Lane:
+    """Devices that train one student at a time: their compiled steps and the teacher placed there."""
+    mesh: jax.sharding.Mesh
+    steps: Steps
+    teacher_vars: object
+
+
 class _Students:
-    """One validate call's shared pieces: the recipe's compiled steps, teacher, eval split, log."""
+    """One validate call's shared pieces: the recipe's compiled steps, teacher, eval split, log.
+
+    Students train on lanes (`parallel.lane_meshes`): a batch the devices cannot split (25 images
+    on 2 CPU devices) trains on one device, and the other devices train the next runs at the
+    same time, each run's result identical to training it alone.
+    """
 
     def __init__(self, config, workdir: str, model: teachers.Teachers, num_images: int,
                  top_k_targets: bool = False):
         st, d = config.student, config.data
         self.config, self.st, self.teachers_hash = config, st, model.fingerprint()
         self.stage_dir = os.path.join(workdir, "validate")
-        self.mesh = parallel.make_mesh(config.num_devices)
+        self.eval_mesh = parallel.make_mesh(config.num_devices)  # evaluation splits any batch
         self.spec = plans.AugSpec.from_config(config)
         self.bounds = plans.batch_bounds(num_images, st.batch_size)
         self.num_images = num_images
@@ -102,15 +120,14 @@ class _Students:
         recipe = Recipe(self.model, model.ensemble, self.tx, self.spec, float(st.temperature),
                         bool(st.tau2_factor), str(st.teacher_logits_dtype), st.loss,
                         float(st.ce_weight), float(st.ema), top_k_targets)
-        repl = parallel.replicated(self.mesh)
-        self.state_sharding = jax.tree.map(lambda _: repl, jax.eval_shape(self._init_state,
-                                                                           plans.init_key(0)))
         # Initialised on one device, then replicated from the host: one executable for any mesh
         # (and any number of hosts, which all compute the same values from the seed).
         init = jax.jit(self._init_state, compiler_options=parallel.one_shot_compiler_options())
-        self.init = lambda key: parallel.replicate(self.mesh, jax.device_get(init(key)))
-        self.steps = Steps(recipe, self.mesh, self.state_sharding)
-        self.teacher_vars = parallel.replicate(self.mesh, model.variables)
+        self.init_on_host = lambda key: jax.device_get(init(key))
+        shape = jax.eval_shape(self._init_state, plans.init_key(0))
+        self.lanes = [_Lane(mesh, Steps(recipe, mesh, _replicated_like(shape, mesh)),
+                            parallel.replicate(mesh, model.variables))
+                      for mesh in parallel.lane_meshes(config.num_devices, batch=st.batch_size)]
         self.eval_source = splits.build_source(d, d.eval_split)
         self.holdout_source = splits.build_source(d, splits.HOLDOUT) if d.holdout else None
         self.meta = {"arch": st.arch, "width": st.width, "stem": model.meta["stem"],
@@ -118,6 +135,7 @@ class _Students:
                      "mean": list(d.mean), "std": list(d.std),
                      "class_names": list(model.meta.get("class_names") or []), "data": d.name}
         self.log: MetricsLog | None = None
+        self.progress = 0  # steps of the stage done (or found done), over every run and lane
 
     def _init_state(self, key) -> TrainState:
         d = self.config.data
@@ -130,7 +148,7 @@ class _Students:
 
     def evaluate(self, model, variables, source=None) -> dict:
         return evaluate.evaluate(model, variables, self.config.data, source or self.eval_source,
-                                 self.mesh)
+                                 self.eval_mesh)
 
     def claim(self, run: Run) -> stage_state.Claim:
         """A run's directory and settings: the student recipe, which run it is, its inputs' contents."""
@@ -142,18 +160,38 @@ class _Students:
         return stage_state.Claim(run_dir, {**stage_state.settings(self.config, "data", "student"),
                                            "run": identity, "inputs": inputs}, "a student run")
 
-    def train(self, run: Run, step_offset: int) -> dict:
-        """Train (or resume, or skip if finished) one student; returns its result."""
+    def train_all(self, runs: list[Run]) -> list[dict]:
+        """Every run's result, in order; as many runs train at once as there are lanes, one step
+        of each in turn (JAX dispatches asynchronously, so the lanes' devices work in parallel)."""
+        results: list = [None] * len(runs)
+        queue, active = list(enumerate(runs)), {}
+        while queue or active:
+            for lane in range(len(self.lanes)):
+                if lane not in active and queue:
+                    i, run = queue.pop(0)
+                    active[lane] = (i, self._train(run, self.lanes[lane]))
+            for lane, (i, job) in list(active.items()):
+                try:
+                    next(job)
+                except StopIteration as finished:
+                    results[i] = finished.value
+                    del active[lane]
+        return results
+
+    def _train(self, run: Run, lane: _Lane):
+        """Train (or resume, or skip if finished) one student, yielding after every step;
+        returns its result."""
         claim = self.claim(run)
         run_dir = claim.directory
         result_path = os.path.join(run_dir, "result.json")
         claim.take()
         if os.path.exists(result_path):
+            self.progress += self.st.epochs * len(self.bounds)
             return stage_state.read_json(result_path)
         if len(run.source) != self.num_images:
             raise ValueError(f"{run.entry}: {len(run.source)} images, the recipe was built for "
                              f"{self.num_images}")
-        state = self.init(plans.init_key(run.seed))
+        state = parallel.replicate(lane.mesh, self.init_on_host(plans.init_key(run.seed)))
         mngr = checkpoint.manager(os.path.join(run_dir, "checkpoints"), max_to_keep=1)
         start, history = 0, []
         restored = checkpoint.restore_state(mngr, state)
@@ -161,7 +199,8 @@ class _Students:
             _, state, extra = restored
             start, history = extra["epoch"], extra["history"]
             print(f"validate: resumed {run.entry} seed {run.seed} at epoch {start}", flush=True)
-        state = self._epochs(run, state, start, history, mngr, step_offset)
+        self.progress += start * len(self.bounds)
+        state = yield from self._epochs(run, lane, state, start, history, mngr)
         mngr.wait_until_finished()
         mngr.close()
         final = history[-1]
@@ -177,11 +216,11 @@ class _Students:
             stage_state.write_json_atomic(result_path, result)
         return result
 
-    def _epochs(self, run: Run, state: TrainState, start: int, history: list, mngr,
-                step_offset: int) -> TrainState:
-        """Epochs start.. of one run; appends evaluations to `history`, checkpoints on the way."""
-        st, epochs = self.st, self.st.epochs
-        data = student_data.StudentData(run.source, self.config.data.image_size, self.mesh,
+    def _epochs(self, run: Run, lane: _Lane, state: TrainState, start: int, history: list, mngr):
+        """Epochs start.. of one run, yielding after every step; appends evaluations to `history`,
+        checkpoints on the way; returns the final state."""
+        st, epochs, steps = self.st, self.st.epochs, lane.steps
+        data = student_data.StudentData(run.source, self.config.data.image_size, lane.mesh,
                                         st.batch_size, st.data_workers, st.data_prefetch)
         eval_every = st.eval_every_epochs or epochs
         step, metrics = start * len(self.bounds), None
@@ -192,33 +231,37 @@ class _Students:
             for b, images, labels in data.epoch(order):
                 if stored is not None:
                     _, plan, targets = stored[b]
-                    plan = {k: (parallel.replicate(self.mesh, a) if k in ("lam", "box") else
-                                self.steps.place(a)) for k, a in plan.items()}
-                    state, metrics = self.steps.stored(state, images, labels, plan,
-                                                       self.steps.place(targets))
+                    plan = {k: (parallel.replicate(lane.mesh, a) if k in ("lam", "box") else
+                                steps.place(a)) for k, a in plan.items()}
+                    state, metrics = steps.stored(state, images, labels, plan, steps.place(targets))
                 else:
-                    ids = parallel.replicate(self.mesh, np.asarray([run.seed, epoch, b], np.int32))
-                    state, metrics = self.steps.online(state, self.teacher_vars, images, labels, ids,
-                                                       run.soft)
+                    ids = parallel.replicate(lane.mesh, np.asarray([run.seed, epoch, b], np.int32))
+                    state, metrics = steps.online(state, lane.teacher_vars, images, labels, ids,
+                                                  run.soft)
                 step += 1
+                self.progress += 1
                 if step % self.config.log_every_steps == 0:
-                    self._log(step_offset + step, run, metrics, step, epoch)
+                    self._log(run, metrics, step, epoch)
+                yield
             if (epoch + 1) % eval_every == 0 or epoch + 1 == epochs:
                 result = self.evaluate(self.model, state.eval_variables)
                 history.append({"epoch": epoch + 1, "top1": float(result["top1"]),
                                 "top5": float(result["top5"]),
                                 "per_class_top1": result["per_class_top1"]})
-                self._log(step_offset + step, run, metrics, step, epoch, eval_top1=result["top1"],
+                self._log(run, metrics, step, epoch, eval_top1=result["top1"],
                           eval_top5=result["top5"])
             every = self.config.validate.checkpoint_every_epochs
             if every and (epoch + 1) % every == 0 and epoch + 1 < epochs:
                 checkpoint.save_state(mngr, epoch + 1, state, {"epoch": epoch + 1, "history": history},
                                       force=True)
+                # Runs on other lanes save from this thread too; Orbax's background commits of
+                # two managers at once raced on a temporary directory (benchmarks/RESULTS.md).
+                mngr.wait_until_finished()
         return state
 
-    def _log(self, global_step, run, metrics, step, epoch, **extra) -> None:
+    def _log(self, run, metrics, step, epoch, **extra) -> None:
         values = {"loss": parallel.to_host(metrics)["loss"]} if metrics is not None else {}
-        self.log.write(global_step, run=f"{run.entry}/seed{run.seed}", **values, **extra,
+        self.log.write(self.progress, run=f"{run.entry}/seed{run.seed}", **values, **extra,
                        lr=float(self.schedule(max(step - 1, 0))), epoch=epoch + 1)
 
 
@@ -275,8 +318,8 @@ def run(config, workdir: str) -> dict:
     students.log = MetricsLog(students.stage_dir, total_steps=len(runs) * steps_per_run,
                               stage="validate")
     results: dict[str, list[dict]] = {}
-    for i, one in enumerate(runs):
-        results.setdefault(one.entry, []).append(students.train(one, i * steps_per_run))
+    for one, result in zip(runs, students.train_all(runs)):
+        results.setdefault(one.entry, []).append(result)
 
     students.log.close()
     counts = np.bincount(sources.source_labels(synthetic), minlength=config.data.num_classes)

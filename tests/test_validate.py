@@ -15,7 +15,7 @@ import pytest
 from helpers import REPO, TESTS, compiles, start_processes, write_idx, write_synthetic
 from PIL import Image
 
-from sre2l_jax import checkpoint, optim, relabel, validate
+from sre2l_jax import checkpoint, optim, parallel, relabel, validate
 from sre2l_jax.formats import labels as label_files
 from sre2l_jax.models import create_model, init_variables
 from sre2l_jax.student import losses, plans
@@ -181,6 +181,25 @@ def test_device_count_does_not_change_the_student(runs):
     assert runs["summary_one"]["per_seed"][0] == runs["summary_four"]["per_seed"][0]
     # Different seeds give different students, so the comparison above could fail.
     assert _max_diff(_student_params(runs["one"], seed=0), _student_params(runs["one"], seed=1)) > 1e-2
+
+
+def test_students_on_lanes_equal_students_trained_alone(env):
+    """Batch 5 cannot be split over 4 devices: each device trains its own student, four at once,
+    and every student equals the one trained alone on one device."""
+    assert [m.devices.size for m in parallel.lane_meshes(4, batch=5)] == [1, 1, 1, 1]
+    assert [m.devices.size for m in parallel.lane_meshes(4, batch=12)] == [4]
+    assert parallel.make_mesh(4, jobs=3).devices.size == 3
+    edits = {"student__batch_size": 5, "validate__seeds": (0, 1), "validate__baselines": ("real_soft",)}
+    lanes, alone = _workdir(env, "lanes"), _workdir(env, "alone")
+    on_lanes = validate.run(env["config"](num_devices=4, **edits), lanes)
+    by_itself = validate.run(env["config"](num_devices=1, **edits), alone)
+    assert on_lanes["per_seed"] == by_itself["per_seed"]
+    assert on_lanes["real_soft"]["per_seed"] == by_itself["real_soft"]["per_seed"]
+    for entry in ("sre2l", "real_soft"):
+        for seed in (0, 1):
+            assert _max_diff(_student_params(lanes, entry, seed), _student_params(alone, entry, seed)) == 0
+    steps = [r["step"] for r in map(json.loads, open(os.path.join(lanes, "validate", "metrics.jsonl")))]
+    assert steps == sorted(steps) and steps[-1] == 4 * 3 * 4  # 4 runs × 3 epochs × 4 batches
 
 
 def test_stored_labels_reproduce_online_training(runs):

@@ -94,7 +94,8 @@ class _Recovery:
         rc = config.recover
         self.config, self.rc, self.stage_dir = config, rc, stage_dir
         self.hp = objective.RecoverHParams.from_config(config)
-        self.mesh = parallel.make_mesh(config.num_devices)
+        self.mesh = parallel.make_mesh(config.num_devices,
+                                       jobs=-(-len(todo) // rc.batches_per_device))
         self.slots = self.mesh.devices.size * rc.batches_per_device
         self.init, self.iterate = _round_fns(model.models, self.hp, config.seed)
         self.score = _score_fn(model.models[0], self.hp)
