@@ -21,6 +21,7 @@ from bench_report import markdown
 CASES = ("train", "recover", "scaling", "student", "pipeline", "memory", "options")
 # Training-step cases: the Fashion-MNIST default's sizes and a wider/larger one (width, res, channels,
 # squeeze batch, student batch).
+CPU_DEVICES = 2  # configlib.base_config's cpu_devices
 TRAIN_CASES = {"default 28²×1, width 8": (8, 28, 1, 128, 25), "32²×3, width 64": (64, 32, 3, 128, 100)}
 # Timed iterations per call (after one warm-up iteration) and timed calls, by resolution.
 ITERS = {"full": {16: 5, 28: 10, 32: 10, 64: 5, 224: 2}, "quick": {16: 1, 28: 1, 32: 1, 64: 1, 224: 1}}
@@ -77,9 +78,11 @@ def recover_cases(quick: bool) -> list[tuple[str, str, int]]:
     return cases
 
 
-def run_recover(run: Runner, quick: bool) -> list[dict]:
+def run_recover(run: Runner, quick: bool, sizes: tuple[int, ...] = ()) -> list[dict]:
     rows = []
     for name, stem, res in recover_cases(quick):
+        if sizes and res not in sizes:
+            continue
         jx = run.recover("jax", stem, res)
         pt = run.recover("torch", stem, res)
         fix = run.recover("jax", stem, res, patch="canonical_conv")
@@ -98,13 +101,19 @@ def run_train(run: Runner, quick: bool) -> dict:
             continue
         base = {"width": w, "res": res, "channels": c, "iters": iters, "repeats": repeats}
         row = {"case": name}
-        for step, batch, kinds in (("squeeze", squeeze_b, ("jax_train", "torch_train")),
-                                   ("student", student_b, ("jax_student_step", "torch_student"))):
-            row[step] = {"batch": batch, "jax": run({"kind": kinds[0], **base, "batch": batch}),
-                         "torch": run({"kind": kinds[1], **base, "batch": batch})}
+        # JAX as the package runs on a 2-core CPU (config.cpu_devices = 2): the squeeze batch split
+        # over two simulated devices, students two at a time (one per device); and on one device.
+        for step, batch, kinds, jax_specs in (
+                ("squeeze", squeeze_b, ("jax_train", "torch_train"),
+                 {"jax": {"cpu_devices": CPU_DEVICES}, "jax_1dev": {"cpu_devices": 1}}),
+                ("student", student_b, ("jax_student_step", "torch_student"),
+                 {"jax": {"lanes": CPU_DEVICES}, "jax_1dev": {"lanes": 1}})):
+            row[step] = {"batch": batch, "torch": run({"kind": kinds[1], **base, "batch": batch}),
+                         **{k: run({"kind": kinds[0], **base, "batch": batch, **extra})
+                            for k, extra in jax_specs.items()}}
         rows.append(row)
     loops = run({"kind": "jax_loops", "squeeze_steps": 110 if quick else 250,
-                 "student_epochs": 110 if quick else 300})
+                 "student_epochs": 110 if quick else 300, "cpu_devices": CPU_DEVICES})
     return {"steps": rows, "loops": loops}
 
 
@@ -167,6 +176,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--quick", action="store_true", help="fewer iterations, no 224² case, fewer options")
     ap.add_argument("--out", default=os.path.join(bench_machine.HERE, "results.json"))
     ap.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
+    ap.add_argument("--recover_sizes", default="", help="recover case: only these resolutions, e.g. 28,32")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv[1:])
     if args.worker:
@@ -182,7 +192,8 @@ def main(argv: list[str]) -> None:
     if "train" in cases:
         results["train"] = run_train(run, args.quick)
     if "recover" in cases:
-        results["recover"] = run_recover(run, args.quick)
+        sizes = tuple(int(r) for r in args.recover_sizes.split(",") if r.strip())
+        results["recover"] = run_recover(run, args.quick, sizes)
     if "scaling" in cases:
         results["scaling"] = run_scaling(run)
     if "student" in cases:

@@ -2,13 +2,16 @@
 
 squeeze: one SGD step (momentum 0.9, weight decay on every parameter, CE) of the low-res-stem
   ResNet-18 in training mode, as squeeze.py runs it (`squeeze.train_step` with the package's
-  compiler options) and as the authors' train.py does in PyTorch (torchvision resnet18 with the 3×3
+  compiler options, the batch split over `cpu_devices` simulated devices as config.cpu_devices
+  does) and as the authors' train.py does in PyTorch (torchvision resnet18 with the 3×3
   stem and no max-pool, `optimizer.zero_grad(); loss.backward(); optimizer.step()`).
 student: one soft-label step of the default recipe (EDC's): the frozen teacher's logits on the
   batch (eval mode, no grad), MSE to them + 0.025·CE, AdamW, EMA 0.99 of the parameters — JAX:
   `student.steps.online_step` (per-image RandomResizedCrop, flip and CutMix inside the step);
   PyTorch: EDC's loop body on a batch that is already cropped (their DataLoader workers do the
-  crops), CutMix and the EMA update in the step.
+  crops), CutMix and the EMA update in the step. With `lanes` > 1, JAX trains that many students
+  at once, one per simulated device, as validate does (`parallel.lane_meshes`); ms/step is then
+  per student step (the time of one step on every lane, divided by the lanes).
 loops: the real squeeze and validate loops (data, logging, checkpoints) in steps/s, against the
   bare step above, to show what the loop adds.
 Every case: a warm-up step, then `iters` timed steps; the median of `repeats` is kept.
@@ -39,10 +42,13 @@ def _timed(step, iters: int, repeats: int) -> float:
 # ---------------------------------------------------------------- JAX
 
 def jax_train(spec: dict) -> dict:
+    from sre2l_jax import parallel
+
+    parallel.use_cpu_devices(spec.get("cpu_devices", 1))
     import jax
     import jax.numpy as jnp
 
-    from sre2l_jax import optim, parallel, squeeze
+    from sre2l_jax import optim, squeeze
     from sre2l_jax.models import create_model, init_variables
     from sre2l_jax.train_state import TrainState
 
@@ -52,26 +58,33 @@ def jax_train(spec: dict) -> dict:
     v = init_variables(model, jax.random.key(0), (res, res, c))
     state = TrainState(jnp.zeros((), jnp.int32), v["params"], v["batch_stats"], tx.init(v["params"]))
     rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.normal(size=(b, res, res, c)).astype(np.float32)),
-             "label": jnp.asarray(np.arange(b) % 10, jnp.int32)}
+    mesh = parallel.make_mesh(batch=b)
+    repl = parallel.replicated(mesh)
+    batch = parallel.shard_host_identical(mesh, rng.normal(size=(b, res, res, c)).astype(np.float32))
+    batch = {"image": batch, "label": parallel.shard_host_identical(mesh, np.arange(b) % 10)}
     options = parallel.training_compiler_options() if spec.get("options", True) else None
     fn = jax.jit(functools.partial(squeeze.train_step, model=model, tx=tx, label_smoothing=0.0),
+                 in_shardings=(repl, parallel.batch_sharding(mesh)), out_shardings=(repl, repl),
                  donate_argnums=(0,), compiler_options=options)
-    box = [state]
+    box = [jax.device_put(state, repl)]
 
     def step():
         box[0], m = fn(box[0], batch)
         jax.block_until_ready(m)
 
     return {"ms_per_step": _timed(step, spec["iters"], spec["repeats"]), "rss_peak_mib": max_rss_mib(),
-            "device": str(jax.devices()[0])}
+            "device": str(jax.devices()[0]), "devices": mesh.devices.size}
 
 
 def jax_student(spec: dict) -> dict:
+    from sre2l_jax import parallel
+
+    lanes = spec.get("lanes", 1)
+    parallel.use_cpu_devices(lanes)
     import jax
     import jax.numpy as jnp
 
-    from sre2l_jax import optim, parallel
+    from sre2l_jax import optim
     from sre2l_jax.models import create_model, init_variables
     from sre2l_jax.student import plans, steps
     from sre2l_jax.train_state import TrainState
@@ -90,14 +103,21 @@ def jax_student(spec: dict) -> dict:
     ids, soft = jnp.asarray([0, 0, 0], jnp.int32), jnp.asarray(True)
     fn = jax.jit(functools.partial(steps.online_step, recipe=recipe), donate_argnums=(0,),
                  compiler_options=parallel.training_compiler_options())
-    box = [state]
+    # One student per device (committed inputs pick the device), dispatched in turn.
+    per_lane = [jax.device_put((jax.tree.map(jnp.copy, state), teacher, images, labels, ids, soft), d)
+                for d in jax.devices()[:lanes]]
+    boxes = [list(a) for a in per_lane]
 
     def step():
-        box[0], m = fn(box[0], teacher, images, labels, ids, soft)
-        jax.block_until_ready(m)
+        out = []
+        for box in boxes:
+            box[0], m = fn(*box)
+            out.append(m)
+        jax.block_until_ready(out)
 
-    return {"ms_per_step": _timed(step, spec["iters"], spec["repeats"]), "rss_peak_mib": max_rss_mib(),
-            "device": str(jax.devices()[0])}
+    ms = _timed(step, spec["iters"], spec["repeats"]) / lanes
+    return {"ms_per_step": ms, "rss_peak_mib": max_rss_mib(), "device": str(jax.devices()[0]),
+            "lanes": lanes}
 
 
 def _fashion_config(stage: str, edits: dict):
@@ -130,10 +150,14 @@ def _random_synthetic_set(workdir: str, ipc: int) -> None:
 
 
 def jax_loops(spec: dict) -> dict:
-    """steps/s of the real squeeze and validate loops at the Fashion-MNIST default sizes."""
+    """steps/s of the real squeeze and validate loops at the Fashion-MNIST default sizes (two
+    student runs, so that validate's lanes have a run each)."""
     import json
     import tempfile
 
+    from sre2l_jax import parallel
+
+    parallel.use_cpu_devices(spec.get("cpu_devices", 1))
     from sre2l_jax import squeeze, validate
 
     tmp = tempfile.mkdtemp(prefix="bench_loops_")
@@ -141,7 +165,8 @@ def jax_loops(spec: dict) -> dict:
     _random_synthetic_set(tmp, 10)
     validate.run(_fashion_config("validate", {
         "student.epochs": spec["student_epochs"], "student.eval_every_epochs": spec["student_epochs"],
-        "recover.teacher": os.path.join(tmp, "squeeze", "model"), "validate.baselines": ()}), tmp)
+        "recover.teacher": os.path.join(tmp, "squeeze", "model"),
+        "validate.baselines": ("synthetic_hard",)}), tmp)
     return {"squeeze_steps_per_s": _loop_rate(os.path.join(tmp, "squeeze", "metrics.jsonl"), json),
             "validate_steps_per_s": _loop_rate(os.path.join(tmp, "validate", "metrics.jsonl"), json)}
 
