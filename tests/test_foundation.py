@@ -52,6 +52,18 @@ def test_cli_rejects_unknown_override_key(tmp_path):
     assert out.returncode != 0 and "epochz" in out.stderr
 
 
+def test_cpu_devices_split_the_host_unless_xla_flags_say_otherwise():
+    code = ("from sre2l_jax import parallel; parallel.use_cpu_devices(2); import jax; "
+            "m = parallel.make_mesh(batch=25); print(jax.device_count(), m.devices.size, "
+            "parallel.make_mesh(batch=128).devices.size, parallel.make_mesh(jobs=1).devices.size)")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    for flags, expected in ((None, "2 1 2 1"), ("--xla_force_host_platform_device_count=3", "3 1 2 1")):
+        run_env = {**env, "PYTHONPATH": REPO, **({"XLA_FLAGS": flags} if flags else {})}
+        out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.stdout.split()[-4:] == expected.split(), out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("kernel,stride,size", [(3, 1, 15), (3, 2, 15), (1, 2, 15), (7, 2, 15),
                                               (3, 2, 16), (1, 2, 16), (7, 2, 16), (3, 2, 7)])
 def test_canonical_conv_gradients_equal_stock_conv(kernel, stride, size):
