@@ -50,7 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.num_devices = 0  # use the first N devices (0: all); results do not depend on it
     # JAX devices the host CPU is split into (no effect on GPU/TPU runs; 0: JAX's one). Two train
-    # the narrow CPU models ~1.4× faster (parallel.use_cpu_devices); the count changes float
+    # the narrow CPU models 1.1-1.4× faster (parallel.use_cpu_devices); the count changes float
     # rounding in data-parallel steps, so it is fixed here rather than taken from the machine.
     c.cpu_devices = 2
 

@@ -59,7 +59,7 @@ def use_cpu_devices(n: int) -> None:
 
     XLA:CPU runs a narrow-channel training step on about one core whatever its thread pool (the
     Fashion-MNIST squeeze step, batch 128: 82 ms single-threaded, 84 ms with the pool), so the
-    data-parallel steps run ~1.4× faster over two simulated devices (benchmarks/RESULTS.md). Only
+    data-parallel steps run 1.1-1.4× faster over two simulated devices (benchmarks/RESULTS.md). Only
     the CPU backend changes; an explicit `--xla_force_host_platform_device_count` in XLA_FLAGS
     (tests, launch/local_cluster.sh) wins.
     """
