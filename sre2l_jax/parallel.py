@@ -110,6 +110,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def replicated_like(tree, mesh: Mesh):
+    """The replicated sharding for every leaf of `tree` (a train state's `in/out_shardings`)."""
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda _: sharding, tree)
+
+
 def global_batch(mesh: Mesh, local: dict) -> dict:
     """Assemble each host's slice of the batch into global arrays sharded over `data`."""
     sharding = batch_sharding(mesh)

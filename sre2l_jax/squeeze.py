@@ -123,7 +123,7 @@ class _Trainer:
         self.tx = optim.make_optimizer(sc.optimizer, self.schedule, momentum=sc.momentum,
                                        weight_decay=sc.weight_decay)
         repl = parallel.replicated(self.mesh)
-        self.state_sharding = jax.tree.map(lambda _: repl, jax.eval_shape(self.init_state))
+        self.state_sharding = parallel.replicated_like(jax.eval_shape(self.init_state), self.mesh)
         self.step_fn = jax.jit(functools.partial(train_step, model=self.model, tx=self.tx,
                                                  label_smoothing=sc.label_smoothing),
                                in_shardings=(self.state_sharding, parallel.batch_sharding(self.mesh)),

@@ -81,11 +81,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def _replicated_like(tree, mesh):
-    sharding = parallel.replicated(mesh)
-    return jax.tree.map(lambda _: sharding, tree)
-
-
 @dataclasses.dataclass
 class _Lane:
     """Devices that train one student at a time: their compiled steps and the teacher placed there."""
@@ -125,7 +120,7 @@ class _Students:
         init = jax.jit(self._init_state, compiler_options=parallel.one_shot_compiler_options())
         self.init_on_host = lambda key: jax.device_get(init(key))
         shape = jax.eval_shape(self._init_state, plans.init_key(0))
-        self.lanes = [_Lane(mesh, Steps(recipe, mesh, _replicated_like(shape, mesh)),
+        self.lanes = [_Lane(mesh, Steps(recipe, mesh, parallel.replicated_like(shape, mesh)),
                             parallel.replicate(mesh, model.variables))
                       for mesh in parallel.lane_meshes(config.num_devices, batch=st.batch_size)]
         self.eval_source = splits.build_source(d, d.eval_split)
