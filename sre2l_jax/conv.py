@@ -111,8 +111,11 @@ def _combine(matrix: np.ndarray, parts: list) -> list:
 
 
 # Below this many multiply-adds per call the transforms cost more than the matmuls save, and the
-# Winograd graph compiles ~4× slower (measured: benchmarks/RESULTS.md, notes).
-WINOGRAD_MIN_MACS = 2**24
+# Winograd graph compiles ~4× slower. Fashion-MNIST's recovery (28², batch 100, 1000 iterations,
+# 2-core VM, one run): width 8 (largest conv 59M MACs) 17.8 → 27.2 iterations/s and the stage
+# 85 → 45 s with canonical convolutions instead; width 16 (236M) 7.1 → 10.9; width 32 (944M)
+# 4.3 → 3.8, so Winograd stays from there on (benchmarks/RESULTS.md).
+WINOGRAD_MIN_MACS = 2**28
 
 
 def winograd_eligible(input_shape, kernel_shape, stride: int, dtype=jnp.float32) -> bool:

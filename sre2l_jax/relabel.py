@@ -68,28 +68,48 @@ def run(config, workdir: str) -> dict:
 
 
 def _write_epochs(config, label_dir: str, spec: AugSpec, model: teachers.Teachers, source) -> None:
-    """Label every epoch whose file is missing (files are written atomically: present = complete)."""
-    mesh = parallel.make_mesh(config.num_devices, batch=spec.batch_size)
-    steps = Steps(Recipe(None, model.ensemble, None, spec, config.student.temperature, False),
-                  mesh, None)
-    data = student_data.StudentData(source, config.data.image_size, mesh, spec.batch_size,
-                                    config.student.data_workers, config.student.data_prefetch)
-    teacher_vars = parallel.replicate(mesh, model.variables)
+    """Label every epoch whose file is missing (files are written atomically: present = complete).
+
+    Epochs are independent, so consecutive ones label at the same time on different lanes
+    (`parallel.lane_meshes`: 25-image batches do not split over 2 CPU devices); each lane runs the
+    one-lane program, so the files do not depend on how many lanes there are."""
+    lanes = [_LabelLane(config, spec, model, source, mesh)
+             for mesh in parallel.lane_meshes(config.num_devices, batch=spec.batch_size)]
+    todo = [e for e in range(spec.epochs) if not os.path.exists(label_files.epoch_path(label_dir, e))]
     box_dtype = np.int16 if config.data.image_size <= np.iinfo(np.int16).max else np.int32
     log = MetricsLog(label_dir, total_steps=spec.epochs, stage="relabel")
-    for epoch in range(spec.epochs):
-        if os.path.exists(label_files.epoch_path(label_dir, epoch)):
-            continue
-        order = epoch_order(config.seed, epoch, len(source))
-        rows = []
-        for b, images, _ in data.epoch(order):
-            s, e = data.bounds[b]
-            ids = parallel.replicate(mesh, np.asarray([config.seed, epoch, b], np.int32))
-            plan, logits = steps.label(teacher_vars, images, ids)
-            rows.append({"order": order[s:e], "logits": np.asarray(logits),
-                         **{k: np.asarray(v) for k, v in parallel.to_host(plan).items()}})
-        if jax.process_index() == 0:
-            label_files.write_epoch(label_dir, epoch, label_files.epoch_arrays(
-                rows, config.relabel.top_k, config.data.num_classes, box_dtype))
-        log.write(epoch + 1, batches=len(data.bounds))
+    for first in range(0, len(todo), len(lanes)):
+        # Dispatch every lane's epoch before reading any back: the lanes' devices work meanwhile.
+        pending = [(epoch, lane.label_epoch(epoch)) for epoch, lane in zip(todo[first:], lanes)]
+        for epoch, batches in pending:
+            rows = [{"order": order, "logits": np.asarray(logits),
+                     **{k: np.asarray(v) for k, v in parallel.to_host(plan).items()}}
+                    for order, plan, logits in batches]
+            if jax.process_index() == 0:
+                label_files.write_epoch(label_dir, epoch, label_files.epoch_arrays(
+                    rows, config.relabel.top_k, config.data.num_classes, box_dtype))
+            log.write(epoch + 1, batches=len(batches))
     log.close()
+
+
+class _LabelLane:
+    """The teacher, the labelling step and the images on one lane's devices."""
+
+    def __init__(self, config, spec: AugSpec, model: teachers.Teachers, source, mesh) -> None:
+        self.seed, self.num_images, self.mesh = config.seed, len(source), mesh
+        self.steps = Steps(Recipe(None, model.ensemble, None, spec, config.student.temperature, False),
+                           mesh, None)
+        self.data = student_data.StudentData(source, config.data.image_size, mesh, spec.batch_size,
+                                             config.student.data_workers, config.student.data_prefetch)
+        self.teacher_vars = parallel.replicate(mesh, model.variables)
+
+    def label_epoch(self, epoch: int) -> list:
+        """[(train order of the batch, plan, logits)] for every batch, still on the devices."""
+        order = epoch_order(self.seed, epoch, self.num_images)
+        batches = []
+        for b, images, _ in self.data.epoch(order):
+            s, e = self.data.bounds[b]
+            ids = parallel.replicate(self.mesh, np.asarray([self.seed, epoch, b], np.int32))
+            plan, logits = self.steps.label(self.teacher_vars, images, ids)
+            batches.append((order[s:e], plan, logits))
+        return batches

@@ -72,10 +72,13 @@ def test_winograd_only_where_it_pays_off(monkeypatch):
     monkeypatch.setenv("SRE2L_CONV", "winograd")
     model, variables = randomized_teacher()
     assert models.with_winograd_kernels(model, variables, (4, 12, 12, 1)) is variables  # too small
+    assert conv.winograd_eligible((100, 32, 32, 64), (3, 3, 64, 64), 1)  # ResNet-18 32², batch 100
+    # The Fashion-MNIST default's width-8 teacher: every conv is too small to pay for the transforms.
+    assert not conv.winograd_eligible((100, 28, 28, 8), (3, 3, 8, 8), 1)
+    assert not conv.winograd_eligible((100, 4, 4, 64), (3, 3, 64, 64), 1)
     monkeypatch.setattr(conv, "WINOGRAD_MIN_MACS", 4 * 12 * 12 * 9 * 4 * 4)  # layer1 qualifies
     cached = models.with_winograd_kernels(model, variables, (4, 12, 12, 1))[models.WINOGRAD]
     assert set(cached) == {"layer1_0", "layer2_0"} and set(cached["layer2_0"]) == {"conv2"}
-    assert conv.winograd_eligible((100, 32, 32, 64), (3, 3, 64, 64), 1)  # ResNet-18 32², batch 100
     assert not conv.winograd_eligible((100, 32, 32, 64), (3, 3, 64, 64), 2)
     assert not conv.winograd_eligible((100, 32, 32, 64), (1, 1, 64, 64), 1)
 

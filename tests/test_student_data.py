@@ -1,5 +1,5 @@
 """Students read their images through Grain: the same batches as the set held in memory, on any
-device count, while reading only a few batches ahead of training."""
+device count, while reading only a few batches ahead of training; a small set is decoded once."""
 
 import numpy as np
 import pytest
@@ -26,11 +26,14 @@ def folder(tmp_path_factory):
     return image_files.synthetic_source(str(root), ["c0", "c1", "c2", "c3"], 1)[0]
 
 
-@pytest.mark.parametrize("devices", [1, 4])
-def test_batches_equal_the_set_in_memory(folder, devices):
-    """Every batch of an epoch: the images and labels the in-memory set gives at its positions."""
+@pytest.mark.parametrize("devices,held", [(1, True), (4, True), (4, False)])
+def test_batches_equal_the_set_in_memory(folder, devices, held):
+    """Every batch of an epoch: the images and labels the in-memory set gives at its positions,
+    whether the student data holds the decoded set or streams it through Grain."""
     images, labels = sources.load_arrays(folder)
-    data = student_data.StudentData(folder, 12, parallel.make_mesh(devices), batch_size=20)
+    data = student_data.StudentData(folder, 12, parallel.make_mesh(devices), batch_size=20,
+                                    in_memory_bytes=student_data.IN_MEMORY_BYTES if held else 0)
+    assert (data.cached is not None) == held
     order = epoch_order(3, 1, len(folder))
     seen = []
     for b, batch_images, batch_labels in data.epoch(order):
@@ -72,10 +75,19 @@ def test_memory_is_bounded_by_the_prefetch_not_the_set(folder):
     """A set several times the read-ahead (52 images, batches of 4, 2 batches prefetched) trains
     without ever being read whole ahead of the step: at most (consumed + prefetch + 1) batches."""
     counting = _Counting(folder)
-    data = student_data.StudentData(counting, 12, parallel.make_mesh(1), batch_size=4, prefetch=2)
+    data = student_data.StudentData(counting, 12, parallel.make_mesh(1), batch_size=4, prefetch=2,
+                                    in_memory_bytes=len(folder) * 12 * 12 * 3 - 1)  # just too big
     most_ahead = 0
     for b, _, _ in data.epoch(np.arange(len(folder))):
         most_ahead = max(most_ahead, counting.reads - 4 * (b + 1))
         assert counting.reads <= 4 * (b + 1 + 2 + 1) < len(folder) or b >= 9, (b, counting.reads)
     assert counting.reads == len(folder) and most_ahead <= 4 * 3
-    assert not hasattr(data, "images")  # nothing holds the decoded set
+    assert data.cached is None  # nothing holds the decoded set
+
+
+def test_a_small_set_is_decoded_once(folder):
+    counting = _Counting(folder)
+    data = student_data.StudentData(counting, 12, parallel.make_mesh(1), batch_size=4)
+    for epoch in range(3):
+        assert len(list(data.epoch(epoch_order(0, epoch, len(folder))))) == 13
+    assert counting.reads == len(folder)

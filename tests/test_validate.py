@@ -202,6 +202,23 @@ def test_students_on_lanes_equal_students_trained_alone(env):
     assert steps == sorted(steps) and steps[-1] == 4 * 3 * 4  # 4 runs × 3 epochs × 4 batches
 
 
+def test_relabel_on_lanes_equals_one_device(env):
+    """Epochs label two at a time on two devices (batch 5 does not split) with the same files,
+    bit for bit, as on one device; 3 epochs: one pair and one left over."""
+    edits = {"student__batch_size": 5}
+    lanes, alone = _workdir(env, "relabel_lanes"), _workdir(env, "relabel_alone")
+    relabel.run(env["config"](num_devices=2, **edits), lanes)
+    relabel.run(env["config"](num_devices=1, **edits), alone)
+    for epoch in range(3):
+        on_lanes = label_files.read_epoch(os.path.join(lanes, "relabel"), epoch)
+        by_itself = label_files.read_epoch(os.path.join(alone, "relabel"), epoch)
+        assert sorted(on_lanes) == sorted(by_itself)
+        for key in on_lanes:
+            np.testing.assert_array_equal(on_lanes[key], by_itself[key])
+    first = label_files.read_epoch(os.path.join(alone, "relabel"), 0)["logits"]
+    assert not np.array_equal(first, label_files.read_epoch(os.path.join(alone, "relabel"), 1)["logits"])
+
+
 def test_stored_labels_reproduce_online_training(runs):
     assert _max_diff(_student_params(runs["four"]), _student_params(runs["stored"], stored=True)) < 2e-5
     assert runs["summary_stored"]["top1"] == runs["summary_four"]["top1"]
