@@ -10,7 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
-[[ "${1:-}" == "--test" ]] && extras="[test,torch]"
+# The main job skips pip's byte-compiling of every installed module (37 → 21 s on the 2-core VM;
+# Python compiles what it imports, once). The tests start many processes, so they keep it.
+compile="--no-compile"
+[[ "${1:-}" == "--test" ]] && extras="[test,torch]" && compile="--compile"
 
 debs=()
 [[ -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]] || debs+=(dataset-fashion-mnist)
@@ -26,5 +29,5 @@ PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 "$PYTHON" -c 'import sys; assert sys.version_info[:2] >= (3, 11), f"need Python >= 3.11, have {sys.version}"'
 VENV="${VENV:-.venv}"
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check -e ".${extras}"
+"$VENV/bin/pip" install -q --disable-pip-version-check "$compile" -e ".${extras}"
 echo "setup done: $("$VENV/bin/python" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__)')"
