@@ -9,6 +9,7 @@ of seed `config.seed`. Epochs already written are kept on restart.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 
@@ -76,6 +77,11 @@ def _write_epochs(config, label_dir: str, spec: AugSpec, model: teachers.Teacher
     lanes = [_LabelLane(config, spec, model, source, mesh)
              for mesh in parallel.lane_meshes(config.num_devices, batch=spec.batch_size)]
     todo = [e for e in range(spec.epochs) if not os.path.exists(label_files.epoch_path(label_dir, e))]
+    if todo:
+        start, end = lanes[0].data.bounds[0]
+        shape = (end - start, config.data.image_size, config.data.image_size, config.data.channels)
+        parallel.compile_at_once([functools.partial(lane.steps.compile_label, lane.teacher_vars, shape)
+                                  for lane in lanes[:len(todo)]])
     box_dtype = np.int16 if config.data.image_size <= np.iinfo(np.int16).max else np.int32
     log = MetricsLog(label_dir, total_steps=spec.epochs, stage="relabel")
     for first in range(0, len(todo), len(lanes)):

@@ -17,6 +17,7 @@ tiny, so they stay in device memory as uint8 and every epoch is a permutation of
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 
@@ -117,8 +118,8 @@ class _Students:
                         float(st.ce_weight), float(st.ema), top_k_targets)
         # Initialised on one device, then replicated from the host: one executable for any mesh
         # (and any number of hosts, which all compute the same values from the seed).
-        init = jax.jit(self._init_state, compiler_options=parallel.one_shot_compiler_options())
-        self.init_on_host = lambda key: jax.device_get(init(key))
+        self.init = jax.jit(self._init_state, compiler_options=parallel.one_shot_compiler_options())
+        self.init_on_host = lambda key: jax.device_get(self.init(key))
         shape = jax.eval_shape(self._init_state, plans.init_key(0))
         self.lanes = [_Lane(mesh, Steps(recipe, mesh, parallel.replicated_like(shape, mesh)),
                             parallel.replicate(mesh, model.variables))
@@ -159,6 +160,7 @@ class _Students:
         """Every run's result, in order; as many runs train at once as there are lanes, one step
         of each in turn (JAX dispatches asynchronously, so the lanes' devices work in parallel)."""
         results: list = [None] * len(runs)
+        self._compile_lanes(runs)
         queue, active = list(enumerate(runs)), {}
         while queue or active:
             for lane in range(len(self.lanes)):
@@ -172,6 +174,18 @@ class _Students:
                     results[i] = finished.value
                     del active[lane]
         return results
+
+    def _compile_lanes(self, runs: list[Run]) -> None:
+        """The initializer and the online step of each lane that will train, compiled side by side."""
+        todo = [r for r in runs if not os.path.exists(os.path.join(self.claim(r).directory, "result.json"))]
+        if not todo:
+            return
+        d, (start, end) = self.config.data, self.bounds[0]
+        image_shape = (end - start, d.image_size, d.image_size, d.channels)
+        state = jax.eval_shape(self._init_state, plans.init_key(0))
+        online = [functools.partial(lane.steps.compile_online, state, lane.teacher_vars, image_shape)
+                  for lane in self.lanes[:len(todo)]] if any(r.stored is None for r in todo) else []
+        parallel.compile_at_once([lambda: self.init.lower(plans.init_key(0)).compile(), *online])
 
     def _train(self, run: Run, lane: _Lane):
         """Train (or resume, or skip if finished) one student, yielding after every step;

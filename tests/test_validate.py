@@ -19,6 +19,8 @@ from sre2l_jax import checkpoint, optim, parallel, relabel, validate
 from sre2l_jax.formats import labels as label_files
 from sre2l_jax.models import create_model, init_variables
 from sre2l_jax.student import losses, plans
+from sre2l_jax.student import steps as student_steps
+from sre2l_jax.student.steps import online_step
 
 CONFIG_FILE = '''
 import tiny_config  # tests/ is on sys.path: PYTHONPATH in the CLI, pytest's rootdir in-process
@@ -200,6 +202,20 @@ def test_students_on_lanes_equal_students_trained_alone(env):
             assert _max_diff(_student_params(lanes, entry, seed), _student_params(alone, entry, seed)) == 0
     steps = [r["step"] for r in map(json.loads, open(os.path.join(lanes, "validate", "metrics.jsonl")))]
     assert steps == sorted(steps) and steps[-1] == 4 * 3 * 4  # 4 runs × 3 epochs × 4 batches
+
+
+def test_lanes_compile_their_step_before_training(env, monkeypatch):
+    """`Steps.compile_online` compiles the very program the first step calls: the step function
+    is traced once (an argument whose sharding or axis types differed would trace it again)."""
+    traced = []
+
+    def counting_step(*args, **kwargs):
+        traced.append(1)
+        return online_step(*args, **kwargs)
+
+    monkeypatch.setattr(student_steps, "online_step", counting_step)
+    validate.run(env["config"](num_devices=1, student__batch_size=8), _workdir(env, "compiled"))
+    assert len(traced) == 1
 
 
 def test_relabel_on_lanes_equals_one_device(env):

@@ -133,13 +133,32 @@ class Steps:
             self._fns[key] = build(self._batch_sharding(batch))
         return self._fns[key]
 
-    def online(self, state, teacher_vars, images, labels, ids, soft: bool):
-        fn = self._jit("online", images.shape[0], lambda b: jax.jit(
+    def _online_fn(self, batch: int):
+        return self._jit("online", batch, lambda b: jax.jit(
             functools.partial(online_step, recipe=self.recipe),
             in_shardings=(self.state_sharding, self.repl, b, b, self.repl, self.repl),
             out_shardings=(self.state_sharding, self.repl), donate_argnums=(0,),
             compiler_options=parallel.training_compiler_options()))
-        return fn(state, teacher_vars, images, labels, ids, parallel.replicate(self.mesh, np.asarray(soft)))
+
+    def online(self, state, teacher_vars, images, labels, ids, soft: bool):
+        return self._online_fn(images.shape[0])(state, teacher_vars, images, labels, ids,
+                                                parallel.replicate(self.mesh, np.asarray(soft)))
+
+    def compile_online(self, state, teacher_vars, image_shape: tuple) -> None:
+        """Compile `online` for uint8 batches of `image_shape` ahead of its first call (`state` and
+        `teacher_vars` may be shapes), so that several lanes can compile at once."""
+        b, spec = image_shape[0], self._spec
+        state = jax.tree.map(lambda x, sharding: spec(x.shape, x.dtype, sharding), state,
+                             self.state_sharding)
+        self._online_fn(b).lower(state, teacher_vars, spec(image_shape, jnp.uint8), spec((b,), jnp.int32),
+                                 spec((3,), jnp.int32, self.repl), spec((), jnp.bool_)).compile()
+
+    def _spec(self, shape: tuple, dtype, sharding=None) -> jax.ShapeDtypeStruct:
+        """An argument's shape as the steps receive it: batch-sharded, or else replicated (the
+        mesh's axis types are part of a compiled program's key)."""
+        if sharding is None:
+            sharding = self._batch_sharding(shape[0]) if len(shape) in (1, 4) else self.repl
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
     def stored(self, state, images, labels, plan, targets):
         fn = self._jit("stored", images.shape[0], lambda b: jax.jit(
@@ -150,8 +169,15 @@ class Steps:
             compiler_options=parallel.training_compiler_options()))
         return fn(state, images, labels, plan, targets)
 
-    def label(self, teacher_vars, images, ids):
-        fn = self._jit("label", images.shape[0], lambda b: jax.jit(
+    def _label_fn(self, batch: int):
+        return self._jit("label", batch, lambda b: jax.jit(
             functools.partial(label_batch, recipe=self.recipe),
             in_shardings=(self.repl, b, self.repl), out_shardings=self.repl))
-        return fn(teacher_vars, images, ids)
+
+    def label(self, teacher_vars, images, ids):
+        return self._label_fn(images.shape[0])(teacher_vars, images, ids)
+
+    def compile_label(self, teacher_vars, image_shape: tuple) -> None:
+        """`compile_online` for `label`."""
+        self._label_fn(image_shape[0]).lower(teacher_vars, self._spec(image_shape, jnp.uint8),
+                                             self._spec((3,), jnp.int32, self.repl)).compile()
