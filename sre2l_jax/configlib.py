@@ -146,7 +146,8 @@ def base_config() -> ml_collections.ConfigDict:
     r.checkpoint_every = 500
     r.batches_per_device = 1
     # Start images (SRe²L++/DWA, CV-DD, RDED): noise (SRe²L) | real_random | real_medium (the
-    # teacher's medium-confidence images of the slot's class) | real_mosaic (2×2 of real crops).
+    # teacher's medium-confidence images of the slot's class) | real_mosaic (2×2 of real crops) |
+    # rded (RDED's selected images, `rded_*` below; EDC's Tiny-ImageNet/ImageNet start).
     r.init = "noise"
     r.init_pool = 200  # real_medium / real_mosaic: candidates per class the teacher scores
     # G-VBSM-style: recovery cycles through [teacher, *extra_teachers], one per iteration; relabel and

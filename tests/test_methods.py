@@ -14,7 +14,7 @@ from helpers import REPO, TESTS, idx_config, numpy_forward_stats, pngs, tiny_con
 from sre2l_jax import squeeze, teachers
 from sre2l_jax.data import sources, splits
 from sre2l_jax.models import apply_with_bn_stats
-from sre2l_jax.recover import class_stats, objective, rded
+from sre2l_jax.recover import class_stats, objective, rded, real_init
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,8 @@ def test_rded_keeps_the_lowest_loss_crops(data_dir, tiny_teacher):
 @pytest.mark.parametrize("size", [12, 13])
 def test_stitch_puts_each_patch_in_its_cell(size):
     patches = [np.full((5, 5, 1), 10 * (k + 1), np.uint8) for k in range(4)]
-    image = rded.stitch(patches, size, 2)
-    h = rded.cell_sizes(size, 2)
+    image = real_init.stitch(patches, size, 2)
+    h = real_init.cell_sizes(size, 2)
     assert image.shape == (size, size, 1) and h[0] + h[1] == size and h[0] >= h[1]
     assert np.all(image[:h[0], :h[0]] == 10) and np.all(image[:h[0], h[0]:] == 20)
     assert np.all(image[h[0]:, :h[0]] == 30) and np.all(image[h[0]:, h[0]:] == 40)

@@ -22,7 +22,7 @@ from helpers import (
 from sre2l_jax import augment, checkpoint, recover, relabel, teachers, validate
 from sre2l_jax.data import sources, splits
 from sre2l_jax.formats import labels as label_files
-from sre2l_jax.recover import objective, real_init
+from sre2l_jax.recover import objective, rded, real_init
 from sre2l_jax.stage_state import write_json_atomic
 
 
@@ -67,7 +67,7 @@ def data_dir(tmp_path_factory):
     return write_idx_dataset(tmp_path_factory.mktemp("variants_idx"), 40, 8, 28, seed=3)
 
 
-@pytest.mark.parametrize("mode", ["real_random", "real_medium", "real_mosaic"])
+@pytest.mark.parametrize("mode", ["real_random", "real_medium", "real_mosaic", "rded"])
 def test_real_init_draws_only_from_the_slots_own_class(data_dir, tiny_teacher, mode):
     model, variables, path = tiny_teacher
     c = idx_config(data_dir, path, init=mode, init_pool=8)
@@ -84,6 +84,10 @@ def test_real_init_draws_only_from_the_slots_own_class(data_dir, tiny_teacher, m
     alone = real_init.start_images(c, model, variables, [(2, 3)])
     assert alone.sources[(2, 3)] == start.sources[(2, 3)]
     np.testing.assert_array_equal(alone.image((2, 3)), start.image((2, 3)))
+    if mode == "rded":  # the start images are RDED's own output images, in its order
+        picks = rded.Selector(c, model, variables).class_images(3, 4)
+        for k in range(4):
+            np.testing.assert_array_equal(start.image((3, k)), start.normalize(picks[k]["image"]))
     if mode == "real_random":  # the start image is that train image, normalized
         raw = sources.load_arrays(splits.build_source(c.data, "train"), 12)[0][start.sources[(1, 0)][0]]
         np.testing.assert_allclose(start.image((1, 0)), (raw / 255.0 - 0.5) / 0.25, atol=1e-6)

@@ -43,6 +43,10 @@ VARIANTS = {
     # lr 0.05 on all images in one batch with RandomResizedCrop, briefly trained backbones rotated
     # per iteration and their ensemble as the soft-label teacher.
     "edc": {**configlib.EDC_RECOVERY, "extra_teachers": "backbones"},
+    # EDC as its Tiny-ImageNet / ImageNet scripts run it: started from RDED's selected images.
+    "edc_rded": {**configlib.EDC_RECOVERY, "init": "rded", "extra_teachers": "backbones"},
+    # RDED's images with EDC's soft labels (teacher + backbones): what the labels alone change.
+    "rded_ensemble": {"method": "rded", "extra_teachers": "backbones"},
 }
 BASELINES = {"real_soft": "(a) random real + soft labels", "real_hard": "(b) random real + hard labels",
              "synthetic_hard": "(c) SRe²L images + hard labels"}

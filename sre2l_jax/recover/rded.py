@@ -22,28 +22,12 @@ import jax
 import numpy as np
 
 from sre2l_jax.data import sources, splits
-from sre2l_jax.data.transforms import EvalResize, resize_image, rrc_params
+from sre2l_jax.data.transforms import EvalResize, rrc_params
 from sre2l_jax.formats import images as image_files
-from sre2l_jax.recover.real_init import Scorer, class_permutation, crop_to
+from sre2l_jax.recover.real_init import Scorer, class_permutation, crop_to, stitch
 
 _TAG = 0x8DED  # keeps RDED's crop draws apart from other uses of the seed
 SCORERS = ("teacher", "ensemble")
-
-
-def cell_sizes(size: int, factor: int) -> list[int]:
-    """Rows (or columns) of each grid cell: size // f, the first size % f of them one more."""
-    base, extra = divmod(size, factor)
-    return [base + (1 if i < extra else 0) for i in range(factor)]
-
-
-def stitch(patches: list[np.ndarray], size: int, factor: int) -> np.ndarray:
-    """f × f uint8 patches (row-major) → one size × size image, each patch resized to its cell."""
-    sizes = cell_sizes(size, factor)
-    rows = []
-    for r, h in enumerate(sizes):
-        row = [resize_image(patches[r * factor + j], (h, w)) for j, w in enumerate(sizes)]
-        rows.append(np.concatenate([p if p.ndim == 3 else p[..., None] for p in row], axis=1))
-    return np.concatenate(rows, axis=0)
 
 
 def pad_center(x: np.ndarray, size: int) -> np.ndarray:

@@ -5,6 +5,8 @@
                 confidence, the IPC images around its median taken (CV-DD style)
   real_mosaic   2×2 tiles of real crops of the class, the crops the teacher is most confident about
                 out of a candidate pool (RDED style)
+  rded          RDED's selected images (`recover.rded_*`, scored by the teacher): what EDC's
+                Tiny-ImageNet and ImageNet scripts start from (`--initial-img-dir` = RDED's output)
 
 A slot's choice depends only on (seed, class, ipc, the run's IPC, init_pool): not on devices, hosts
 or the ipc/class range being run, so split and resumed runs start from the same images. The choice is
@@ -15,6 +17,7 @@ does not hold 50k decoded start images.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import jax
@@ -23,7 +26,7 @@ import numpy as np
 from sre2l_jax.data import sources, splits
 from sre2l_jax.data.transforms import EvalResize, resize_image, rrc_params
 
-MODES = ("noise", "real_random", "real_medium", "real_mosaic")
+MODES = ("noise", "real_random", "real_medium", "real_mosaic", "rded")
 # RandomResizedCrop scale of mosaic crops: a 0.08 crop of a 28² image is ~8×8 pixels, nothing a
 # teacher recognizes; a quarter of the image and up keeps each tile an object part.
 MOSAIC_CROP_SCALE = (0.25, 1.0)
@@ -32,23 +35,25 @@ _SCORE_BATCH = 256
 
 
 Slot = tuple[int, int]  # (class, ipc)
-Box = tuple[int, int, int, int]  # (top, left, h, w) of a mosaic crop
+Box = tuple[int, int, int, int]  # (top, left, h, w) of a crop
 
 
 @dataclasses.dataclass
 class StartImages:
     """Where each slot's start image comes from; `image(slot)` builds it (normalized float32 HWC)."""
 
-    sources: dict[Slot, list[int]]  # train-split indices: one image, or a mosaic's four
-    boxes: dict[Slot, list[Box]]  # mosaic slots only: the crop of each source
+    sources: dict[Slot, list[int]]  # train-split indices: one image, or the f×f patches of a mosaic
+    boxes: dict[Slot, list[Box]]  # cropped slots only: the crop of each source
     load: Callable[[int], np.ndarray]  # train index -> uint8 image at the model's resolution
     normalize: Callable[[np.ndarray], np.ndarray]
     size: int
 
     def image(self, slot: Slot) -> np.ndarray:
         if slot in self.boxes:
-            im = tile_2x2([crop_to(self.load(i), box, self.size)
-                           for i, box in zip(self.sources[slot], self.boxes[slot])], self.size)
+            factor = math.isqrt(len(self.boxes[slot]))
+            patches = [crop_to(self.load(i), box, self.size // factor)
+                       for i, box in zip(self.sources[slot], self.boxes[slot])]
+            im = patches[0] if factor == 1 else stitch(patches, self.size, factor)
         else:
             im = self.load(self.sources[slot][0])
         return self.normalize(im if im.ndim == 3 else im[..., None])
@@ -58,6 +63,22 @@ def crop_to(image: np.ndarray, box: Box, size: int) -> np.ndarray:
     top, left, h, w = box
     crop = resize_image(image[top:top + h, left:left + w], (size, size))
     return crop if crop.ndim == 3 else crop[..., None]
+
+
+def cell_sizes(size: int, factor: int) -> list[int]:
+    """Rows (or columns) of each grid cell: size // f, the first size % f of them one more."""
+    base, extra = divmod(size, factor)
+    return [base + (1 if i < extra else 0) for i in range(factor)]
+
+
+def stitch(patches: list[np.ndarray], size: int, factor: int) -> np.ndarray:
+    """f × f uint8 patches (row-major) → one size × size image, each patch resized to its cell."""
+    sizes = cell_sizes(size, factor)
+    rows = []
+    for r, h in enumerate(sizes):
+        row = [resize_image(patches[r * factor + j], (h, w)) for j, w in enumerate(sizes)]
+        rows.append(np.concatenate([p if p.ndim == 3 else p[..., None] for p in row], axis=1))
+    return np.concatenate(rows, axis=0)
 
 
 def class_permutation(labels: np.ndarray, c: int, seed: int) -> np.ndarray:
@@ -73,16 +94,6 @@ def medium_picks(confidence: np.ndarray, ipc: int) -> np.ndarray:
     order = np.argsort(confidence, kind="stable")
     start = max(0, (len(order) - ipc) // 2)
     return order[start:start + ipc]
-
-
-def tile_2x2(tiles: list[np.ndarray], size: int) -> np.ndarray:
-    """Four images → one size×size mosaic (row-major), each tile resized to its quadrant."""
-    h1, w1 = size // 2, size // 2
-    rows = []
-    for r, h in ((0, h1), (1, size - h1)):
-        row = [resize_image(tiles[2 * r + j], (h, w)) for j, w in ((0, w1), (1, size - w1))]
-        rows.append(np.concatenate(row, axis=1))
-    return np.concatenate(rows, axis=0)
 
 
 class Scorer:
@@ -121,6 +132,7 @@ def start_images(config, model, variables, slots: list[Slot]) -> StartImages:
     fit = EvalResize(dc.image_size, dc.eval_resize)
     load = lambda i: np.asarray(fit.map(source[int(i)])["image"])
     scorer = Scorer(model, variables, dc.mean, dc.std)
+    selector = _rded_selector(config, model, variables) if rc.init == "rded" else None
     chosen, boxes = {}, {}
     for c in sorted({c for c, _ in slots}):
         ks = sorted(k for cc, k in slots if cc == c)
@@ -133,6 +145,10 @@ def start_images(config, model, variables, slots: list[Slot]) -> StartImages:
             picks = pool[medium_picks(scorer.confidence(np.stack([load(i) for i in pool]), c), rc.ipc)]
             for k in ks:
                 chosen[(c, k)] = [int(picks[k % len(picks)])]
+        elif rc.init == "rded":
+            picks = selector.class_images(c, rc.ipc)
+            for k in ks:
+                chosen[(c, k)], boxes[(c, k)] = picks[k]["sources"], picks[k]["boxes"]
         else:
             tiles = _mosaic_tiles(config, c, perm, load, scorer)
             for k in ks:
@@ -140,6 +156,13 @@ def start_images(config, model, variables, slots: list[Slot]) -> StartImages:
                 chosen[(c, k)] = [i for i, _ in quad]
                 boxes[(c, k)] = [box for _, box in quad]
     return StartImages(chosen, boxes, load, scorer.normalize, dc.image_size)
+
+
+def _rded_selector(config, model, variables):
+    # rded builds on this module's crops and scorer, hence imported here and not at the top.
+    from sre2l_jax.recover import rded
+
+    return rded.Selector(config, model, variables)
 
 
 def _mosaic_tiles(config, c: int, perm: np.ndarray, load, scorer: Scorer) -> list[tuple[int, Box]]:
