@@ -22,7 +22,7 @@ from sre2l_jax.formats import images as image_files
 from sre2l_jax.formats import labels as label_files
 from sre2l_jax.metrics import MetricsLog
 from sre2l_jax.student import data as student_data
-from sre2l_jax.student.plans import AugSpec, epoch_order
+from sre2l_jax.student.plans import AugSpec, epoch_order, first_batch_shape
 from sre2l_jax.student.steps import Recipe, Steps
 
 
@@ -78,8 +78,7 @@ def _write_epochs(config, label_dir: str, spec: AugSpec, model: teachers.Teacher
              for mesh in parallel.lane_meshes(config.num_devices, batch=spec.batch_size)]
     todo = [e for e in range(spec.epochs) if not os.path.exists(label_files.epoch_path(label_dir, e))]
     if todo:
-        start, end = lanes[0].data.bounds[0]
-        shape = (end - start, config.data.image_size, config.data.image_size, config.data.channels)
+        shape = first_batch_shape(config.data, lanes[0].data.bounds)
         parallel.compile_at_once([functools.partial(lane.steps.compile_label, lane.teacher_vars, shape)
                                   for lane in lanes[:len(todo)]])
     box_dtype = np.int16 if config.data.image_size <= np.iinfo(np.int16).max else np.int32

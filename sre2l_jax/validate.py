@@ -120,8 +120,8 @@ class _Students:
         # (and any number of hosts, which all compute the same values from the seed).
         self.init = jax.jit(self._init_state, compiler_options=parallel.one_shot_compiler_options())
         self.init_on_host = lambda key: jax.device_get(self.init(key))
-        shape = jax.eval_shape(self._init_state, plans.init_key(0))
-        self.lanes = [_Lane(mesh, Steps(recipe, mesh, parallel.replicated_like(shape, mesh)),
+        self.state_shape = jax.eval_shape(self._init_state, plans.init_key(0))
+        self.lanes = [_Lane(mesh, Steps(recipe, mesh, parallel.replicated_like(self.state_shape, mesh)),
                             parallel.replicate(mesh, model.variables))
                       for mesh in parallel.lane_meshes(config.num_devices, batch=st.batch_size)]
         self.eval_source = splits.build_source(d, d.eval_split)
@@ -177,22 +177,24 @@ class _Students:
 
     def _compile_lanes(self, runs: list[Run]) -> None:
         """The initializer and the online step of each lane that will train, compiled side by side."""
-        todo = [r for r in runs if not os.path.exists(os.path.join(self.claim(r).directory, "result.json"))]
+        todo = [r for r in runs if not os.path.exists(self._result_path(r))]
         if not todo:
             return
-        d, (start, end) = self.config.data, self.bounds[0]
-        image_shape = (end - start, d.image_size, d.image_size, d.channels)
-        state = jax.eval_shape(self._init_state, plans.init_key(0))
-        online = [functools.partial(lane.steps.compile_online, state, lane.teacher_vars, image_shape)
+        image_shape = plans.first_batch_shape(self.config.data, self.bounds)
+        online = [functools.partial(lane.steps.compile_online, self.state_shape, lane.teacher_vars,
+                                    image_shape)
                   for lane in self.lanes[:len(todo)]] if any(r.stored is None for r in todo) else []
         parallel.compile_at_once([lambda: self.init.lower(plans.init_key(0)).compile(), *online])
+
+    def _result_path(self, run: Run) -> str:
+        """Present once the run finished (written atomically, last)."""
+        return os.path.join(self.claim(run).directory, "result.json")
 
     def _train(self, run: Run, lane: _Lane):
         """Train (or resume, or skip if finished) one student, yielding after every step;
         returns its result."""
         claim = self.claim(run)
-        run_dir = claim.directory
-        result_path = os.path.join(run_dir, "result.json")
+        run_dir, result_path = claim.directory, self._result_path(run)
         claim.take()
         if os.path.exists(result_path):
             self.progress += self.st.epochs * len(self.bounds)

@@ -61,6 +61,12 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
+def first_batch_shape(data_cfg, bounds: list[tuple[int, int]]) -> tuple[int, int, int, int]:
+    """The uint8 image shape of the first batch: the shape the steps are compiled for ahead."""
+    start, end = bounds[0]
+    return (end - start, data_cfg.image_size, data_cfg.image_size, data_cfg.channels)
+
+
 def init_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), _INIT)
 
