@@ -64,9 +64,14 @@ class Teachers:
         return dataclasses.replace(self, models=tuple(m.clone(dtype=dtype) for m in self.models))
 
 
+def squeezed_path(workdir: str) -> str:
+    """The model the squeeze stage writes into `workdir`."""
+    return os.path.join(workdir, "squeeze", "model")
+
+
 def default_path(config, workdir: str) -> str:
     """`recover.teacher`, or the model the squeeze stage wrote into this workdir."""
-    return config.recover.teacher or os.path.join(workdir, "squeeze", "model")
+    return config.recover.teacher or squeezed_path(workdir)
 
 
 def all_paths(config, workdir: str) -> list[str]:

@@ -216,3 +216,19 @@ def test_only_runs_add_rows_to_the_earlier_table(tmp_path):
                                                  row("real_init", 56.0)])
     assert [(r["name"], r["top1"]) for r in merged] == [
         ("sre2l", 51.0), ("cda", 30.0), ("real_init", 56.0), ("real_init_100it", 60.0)]
+
+
+def test_backbones_and_second_teacher_are_their_own_models(tmp_path, monkeypatch):
+    """The extra teachers are the models trained for them, not the main teacher again (by the time
+    they are trained, run_variants has set recover.teacher to the main teacher's path)."""
+    from sre2l_jax.experiments import variants
+
+    trained = []
+    monkeypatch.setattr(variants.stages, "run_once", lambda c, sub, stage: trained.append((sub, stage)))
+    c = tiny_config(teacher="/elsewhere/main_teacher/model")
+    backbones = variants.backbone_teachers(c, str(tmp_path))
+    second = variants.second_teacher(c, str(tmp_path))
+    subs = [sub for sub, _ in trained]
+    assert backbones == [os.path.join(sub, "squeeze", "model") for sub in subs[:-1]]
+    assert second == os.path.join(subs[-1], "squeeze", "model")
+    assert len({*backbones, second, c.recover.teacher}) == len(backbones) + 2

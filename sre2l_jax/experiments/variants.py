@@ -61,7 +61,8 @@ def second_teacher(config, workdir: str) -> str:
     c2.squeeze.epochs = max(1, config.squeeze.epochs // 2)
     sub = os.path.join(workdir, "variants", "teacher2")
     stages.run_once(c2, sub, "squeeze")
-    return teachers.default_path(c2, sub)
+    # Not default_path: by now recover.teacher names the main teacher, which it would return.
+    return teachers.squeezed_path(sub)
 
 
 def backbone_teachers(config, workdir: str) -> list[str]:
@@ -74,7 +75,7 @@ def backbone_teachers(config, workdir: str) -> list[str]:
         ci = squeeze.backbone_config(c, i)
         sub = os.path.join(workdir, "variants", f"backbone{i}")
         stages.run_once(ci, sub, "squeeze")
-        paths.append(teachers.default_path(ci, sub))
+        paths.append(teachers.squeezed_path(sub))
     return paths
 
 
