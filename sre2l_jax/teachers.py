@@ -27,11 +27,16 @@ class Ensemble:
 
     members: tuple
 
-    def apply(self, variables: tuple, x: jax.Array, train: bool = False) -> jax.Array:
+    def apply(self, variables: tuple, x: jax.Array, train: bool = False, return_features: bool = False):
+        """Mean logits; with `return_features`, also the members' penultimate features, concatenated."""
         if train:
             raise ValueError("an Ensemble teacher is frozen; it has no training mode")
-        logits = [m.apply(v, x, train=False).astype(jnp.float32) for m, v in zip(self.members, variables)]
-        return logits[0] if len(logits) == 1 else sum(logits) / len(logits)
+        outs = [m.apply(v, x, train=False, return_features=True) for m, v in zip(self.members, variables)]
+        logits = [o[0].astype(jnp.float32) for o in outs]
+        mean = logits[0] if len(logits) == 1 else sum(logits) / len(logits)
+        if not return_features:
+            return mean
+        return mean, jnp.concatenate([o[1].astype(jnp.float32) for o in outs], axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)

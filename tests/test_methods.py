@@ -73,7 +73,7 @@ def test_rded_keeps_the_lowest_loss_crops(data_dir, tiny_teacher):
     sel = rded.Selector(c, model, variables)
     pool, boxes = sel.candidates(1)
     assert len(pool) == 8 and all(sources.source_labels(sel.source)[pool] == 1)
-    losses = sel.losses(1, pool, boxes)
+    losses, _ = sel.scores(1, pool, boxes)
     brute = np.zeros((8, 3))
     for i, image in enumerate(pool):
         for j, box in enumerate(boxes[i]):
@@ -85,6 +85,24 @@ def test_rded_keeps_the_lowest_loss_crops(data_dir, tiny_teacher):
     best = np.argsort(brute.min(1), kind="stable")[:2]
     assert [e["sources"][0] for e in out] == [int(pool[i]) for i in best]
     assert [e["boxes"][0] for e in out] == [list(boxes[i][int(np.argmin(brute[i]))]) for i in best]
+
+
+def test_cluster_selection_takes_the_lowest_loss_image_of_each_mode():
+    """Three well-separated feature blobs: one pick per blob, the blob's lowest-loss member, and the
+    picks ordered by loss; the two lowest-loss images overall sit in one blob, so plain RDED
+    selection would take both."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    blob = np.repeat(np.arange(3), 7)
+    features = centres[blob] + rng.normal(0, 0.3, (21, 2))
+    loss = rng.uniform(1.0, 2.0, 21)
+    loss[[0, 1]] = [0.1, 0.2]  # both in blob 0
+    picks = rded.cluster_select(loss, features, 3, np.random.default_rng(1))
+    assert sorted(blob[picks].tolist()) == [0, 1, 2] and picks[0] == 0
+    for p in picks:
+        assert loss[p] == loss[blob == blob[p]].min()
+    assert np.all(np.diff(loss[picks]) > 0)
+    assert rded.select(loss[:, None], 3)[1].tolist()[:2] == [0, 1]
 
 
 @pytest.mark.parametrize("size", [12, 13])
@@ -110,10 +128,11 @@ def _cli(workdir, teacher, data_dir, devices, extra=(), env_extra=None):
 
 @pytest.mark.parametrize("method", ["rded", "edc"])
 def test_method_images_identical_on_1_and_2_devices_and_after_kill(tmp_path, data_dir, tiny_teacher, method):
-    """RDED (per class) and EDC-style recovery (real init + class-conditional BN loss): the same
-    PNGs on 1 and 2 devices, and when killed mid-run and resumed."""
+    """RDED (per class; with the k-means selection, which scores as plain RDED does and adds the
+    clustering) and EDC-style recovery (real init + class-conditional BN loss): the same PNGs on 1
+    and 2 devices, and when killed mid-run and resumed."""
     extra = {"rded": ["--config.recover.method=rded", "--config.recover.rded_pool=6",
-                      "--config.recover.rded_crops=2"],
+                      "--config.recover.rded_crops=2", "--config.recover.rded_select=cluster"],
              "edc": ["--config.recover.init=real_random", "--config.recover.alpha_class=0.5",
                      "--config.recover.iterations=12"]}[method]
     teacher = tiny_teacher[2]

@@ -39,6 +39,9 @@ VARIANTS = {
     # the real images (0 iterations would be baseline (a) with another random subset).
     "real_init_100it": {"init": "real_random", "iterations": 100},
     "rded": {"method": "rded"},
+    # RDED's scoring with a choice spread over the class's modes: the lowest-loss image of each
+    # k-means cluster of the teacher's features.
+    "rded_cluster": {"method": "rded", "rded_select": "cluster"},
     # EDC (CIFAR-10 script): real init, category-aware BN matching (α 0.5), 75 iterations of Adam
     # lr 0.05 on all images in one batch with RandomResizedCrop, briefly trained backbones rotated
     # per iteration and their ensemble as the soft-label teacher.

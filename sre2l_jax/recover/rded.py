@@ -5,7 +5,10 @@ Per class c, over `rded_pool` real train images of c (the class's seeded order, 
   2. each crop, resized to size // f and zero-padded (centred, in normalized space: the mean
      colour) to size × size, is scored by the scoring model's cross-entropy on c;
   3. every image keeps its lowest-loss crop, and the ipc·f² images with the lowest loss are kept,
-     best first;
+     best first (`rded_select=loss`, RDED); or, with `rded_select=cluster`, the pool's best crops
+     are split into ipc·f² k-means clusters of the scoring model's penultimate features and each
+     cluster gives its lowest-loss crop (realism within each mode of the class, not only the easiest
+     mode), best first;
   4. output image k stitches f × f of them, grid cell j (row-major) holding the (j·ipc + k)-th; a
      cell is size // f pixels, the first size % f rows and columns one more (RDED's `mix_images`).
 With f = 1 an output image is its selected crop at size × size. A class's images depend only on
@@ -28,6 +31,8 @@ from sre2l_jax.recover.real_init import Scorer, class_permutation, crop_to, stit
 
 _TAG = 0x8DED  # keeps RDED's crop draws apart from other uses of the seed
 SCORERS = ("teacher", "ensemble")
+SELECTIONS = ("loss", "cluster")
+_KMEANS_ITERATIONS = 100
 
 
 def pad_center(x: np.ndarray, size: int) -> np.ndarray:
@@ -45,6 +50,40 @@ def select(losses: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
     return best_crop, np.argsort(best_loss, kind="stable")[:keep]
 
 
+def kmeans(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """The cluster (0..k-1) of each row of x [N, D]: k-means++ seeding, then Lloyd's iterations.
+    Float64 sums without BLAS, so the result does not depend on the machine's thread count."""
+    x = np.asarray(x, np.float64)
+    first = int(rng.integers(len(x)))
+    centers, d2 = [x[first]], ((x - x[first]) ** 2).sum(1)
+    for _ in range(1, k):
+        i = int(rng.choice(len(x), p=d2 / d2.sum())) if d2.sum() > 0 else int(rng.integers(len(x)))
+        centers.append(x[i])
+        d2 = np.minimum(d2, ((x - x[i]) ** 2).sum(1))
+    centers, assign = np.stack(centers), np.full(len(x), -1)
+    for _ in range(_KMEANS_ITERATIONS):
+        new = np.argmin(((x[:, None, :] - centers[None]) ** 2).sum(-1), axis=1)
+        if np.array_equal(new, assign):
+            break
+        assign = new
+        for j in range(k):
+            if np.any(assign == j):
+                centers[j] = x[assign == j].mean(0)
+    return assign
+
+
+def cluster_select(best_loss: np.ndarray, features: np.ndarray, keep: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Positions of `keep` images: the lowest-loss member of each of `keep` k-means clusters of
+    `features`, lowest loss first (an empty cluster's place goes to the lowest-loss image left)."""
+    assign = kmeans(features, keep, rng)
+    picks = [int(np.flatnonzero(assign == j)[np.argmin(best_loss[assign == j])])
+             for j in range(keep) if np.any(assign == j)]
+    taken = set(picks)
+    picks += [int(i) for i in np.argsort(best_loss, kind="stable") if int(i) not in taken][:keep - len(picks)]
+    return np.asarray(sorted(picks, key=lambda i: (best_loss[i], i)))
+
+
 class Selector:
     """RDED's selection for one run: the train split, the scoring model and the settings."""
 
@@ -52,6 +91,8 @@ class Selector:
         rc, dc = config.recover, config.data
         if rc.rded_scorer not in SCORERS:
             raise ValueError(f"unknown recover.rded_scorer {rc.rded_scorer!r}; known: {SCORERS}")
+        if rc.rded_select not in SELECTIONS:
+            raise ValueError(f"unknown recover.rded_select {rc.rded_select!r}; known: {SELECTIONS}")
         if rc.rded_factor < 1 or dc.image_size // rc.rded_factor < 1:
             raise ValueError(f"recover.rded_factor={rc.rded_factor} must be ≥ 1 and ≤ the image size")
         self.rc, self.seed, self.size, self.factor = rc, config.seed, dc.image_size, rc.rded_factor
@@ -70,23 +111,35 @@ class Selector:
                   for _ in range(self.rc.rded_crops)] for _ in pool]
         return pool, boxes
 
-    def losses(self, c: int, pool: np.ndarray, boxes: list[list[tuple]]) -> np.ndarray:
-        """Cross-entropy on class c of every (image, crop), scored at size × size."""
+    def scores(self, c: int, pool: np.ndarray, boxes: list[list[tuple]]) -> tuple[np.ndarray, np.ndarray]:
+        """Cross-entropy on class c of every (image, crop) [images, crops], scored at size × size,
+        and the scoring model's penultimate features of each [images, crops, D]."""
         patch = self.size // self.factor
         crops = np.stack([crop_to(self.load(i), box, patch) for i, bs in zip(pool, boxes) for box in bs])
         x = pad_center(self.scorer.normalize(crops), self.size)
-        p = self.scorer.probabilities(x)[:, c]
-        return -np.log(np.maximum(p, 1e-30)).reshape(len(pool), -1)
+        probs, features = self.scorer.probabilities_and_features(x)
+        losses = -np.log(np.maximum(probs[:, c], 1e-30)).reshape(len(pool), -1)
+        return losses, features.reshape(*losses.shape, -1)
+
+    def order(self, c: int, losses: np.ndarray, features: np.ndarray,
+              keep: int) -> tuple[np.ndarray, np.ndarray]:
+        """(each image's best crop, the `keep` chosen images best first) by `rded_select`."""
+        best_crop, order = select(losses, keep)
+        if self.rc.rded_select == "cluster":
+            rows = np.arange(len(losses))
+            order = cluster_select(losses[rows, best_crop], features[rows, best_crop], keep,
+                                   np.random.default_rng([self.seed, _TAG, c, 1]))
+        return best_crop, order
 
     def class_images(self, c: int, ipc: int) -> list[dict]:
         """The class's `ipc` output images (uint8) with where their patches came from."""
         pool, boxes = self.candidates(c)
-        losses = self.losses(c, pool, boxes)
+        losses, features = self.scores(c, pool, boxes)
         f2 = self.factor ** 2
         if len(pool) < ipc * f2:
             raise ValueError(f"RDED needs {ipc * f2} images of class {c} (ipc × factor²) but the pool "
                              f"has {len(pool)}; raise recover.rded_pool or lower the factor")
-        best_crop, order = select(losses, ipc * f2)
+        best_crop, order = self.order(c, losses, features, ipc * f2)
         patch = self.size // self.factor
         out = []
         for k in range(ipc):

@@ -103,20 +103,30 @@ class Scorer:
     def __init__(self, model, variables, mean, std):
         self.variables = variables
         self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-        self.fn = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False), axis=-1))
+        def probs_and_features(v, x):
+            logits, features = model.apply(v, x, train=False, return_features=True)
+            return jax.nn.softmax(logits, axis=-1), features
+
+        self.fn = jax.jit(probs_and_features)
 
     def normalize(self, images: np.ndarray) -> np.ndarray:
         return (images.astype(np.float32) / 255.0 - self.mean) / self.std
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """[N, classes] for normalized float32 images [N, H, W, C]."""
-        out = []
+        return self.probabilities_and_features(x)[0]
+
+    def probabilities_and_features(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """([N, classes], the penultimate features [N, D]) for normalized float32 images [N, H, W, C]."""
+        probs, features = [], []
         for i in range(0, len(x), _SCORE_BATCH):
             chunk = x[i:i + _SCORE_BATCH]
             n = len(chunk)
             chunk = np.concatenate([chunk, np.zeros((_SCORE_BATCH - n, *chunk.shape[1:]), np.float32)])
-            out.append(np.asarray(self.fn(self.variables, chunk))[:n])
-        return np.concatenate(out)
+            p, f = self.fn(self.variables, chunk)
+            probs.append(np.asarray(p)[:n])
+            features.append(np.asarray(f)[:n])
+        return np.concatenate(probs), np.concatenate(features)
 
     def confidence(self, images: np.ndarray, c: int) -> np.ndarray:
         return self.probabilities(self.normalize(images))[:, c]
