@@ -47,6 +47,11 @@ def settings(config) -> dict:
     return stage_state.settings(config, "data", "student", "validate")
 
 
+def _result_path(claim: stage_state.Claim) -> str:
+    """Present once the claimed run finished (written atomically, last)."""
+    return os.path.join(claim.directory, "result.json")
+
+
 @dataclasses.dataclass
 class Run:
     entry: str
@@ -177,7 +182,7 @@ class _Students:
 
     def _compile_lanes(self, runs: list[Run]) -> None:
         """The initializer and the online step of each lane that will train, compiled side by side."""
-        todo = [r for r in runs if not os.path.exists(self._result_path(r))]
+        todo = [r for r in runs if not os.path.exists(_result_path(self.claim(r)))]
         if not todo:
             return
         image_shape = plans.first_batch_shape(self.config.data, self.bounds)
@@ -186,15 +191,11 @@ class _Students:
                   for lane in self.lanes[:len(todo)]] if any(r.stored is None for r in todo) else []
         parallel.compile_at_once([lambda: self.init.lower(plans.init_key(0)).compile(), *online])
 
-    def _result_path(self, run: Run) -> str:
-        """Present once the run finished (written atomically, last)."""
-        return os.path.join(self.claim(run).directory, "result.json")
-
     def _train(self, run: Run, lane: _Lane):
         """Train (or resume, or skip if finished) one student, yielding after every step;
         returns its result."""
         claim = self.claim(run)
-        run_dir, result_path = claim.directory, self._result_path(run)
+        run_dir, result_path = claim.directory, _result_path(claim)
         claim.take()
         if os.path.exists(result_path):
             self.progress += self.st.epochs * len(self.bounds)

@@ -72,7 +72,7 @@ def test_rded_keeps_the_lowest_loss_crops(data_dir, tiny_teacher):
     c = idx_config(data_dir, path, rded_pool=8, rded_crops=3, ipc=2)
     sel = rded.Selector(c, model, variables)
     pool, boxes = sel.candidates(1)
-    assert len(pool) == 8 and all(sources.source_labels(sel.source)[pool] == 1)
+    assert len(pool) == 8 and all(sel.labels[pool] == 1)
     losses, _ = sel.scores(1, pool, boxes)
     brute = np.zeros((8, 3))
     for i, image in enumerate(pool):

@@ -24,10 +24,9 @@ import os
 import jax
 import numpy as np
 
-from sre2l_jax.data import sources, splits
-from sre2l_jax.data.transforms import EvalResize, rrc_params
+from sre2l_jax.data.transforms import rrc_params
 from sre2l_jax.formats import images as image_files
-from sre2l_jax.recover.real_init import Scorer, class_permutation, crop_to, stitch
+from sre2l_jax.recover.real_init import Scorer, class_permutation, crop_to, stitch, train_images
 
 _TAG = 0x8DED  # keeps RDED's crop draws apart from other uses of the seed
 SCORERS = ("teacher", "ensemble")
@@ -96,10 +95,7 @@ class Selector:
         if rc.rded_factor < 1 or dc.image_size // rc.rded_factor < 1:
             raise ValueError(f"recover.rded_factor={rc.rded_factor} must be ≥ 1 and ≤ the image size")
         self.rc, self.seed, self.size, self.factor = rc, config.seed, dc.image_size, rc.rded_factor
-        self.source = splits.build_source(dc, "train")
-        self.labels = sources.source_labels(self.source)
-        fit = EvalResize(dc.image_size, dc.eval_resize)
-        self.load = lambda i: np.asarray(fit.map(self.source[int(i)])["image"])
+        self.labels, self.load = train_images(dc)
         self.scorer = Scorer(scoring_model, scoring_variables, dc.mean, dc.std)
 
     def candidates(self, c: int) -> tuple[np.ndarray, list[list[tuple]]]:

@@ -81,6 +81,13 @@ def stitch(patches: list[np.ndarray], size: int, factor: int) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
+def train_images(data_cfg) -> tuple[np.ndarray, Callable[[int], np.ndarray]]:
+    """The train split's labels, and a loader: train index → uint8 image at the model's resolution."""
+    source = splits.build_source(data_cfg, "train")
+    fit = EvalResize(data_cfg.image_size, data_cfg.eval_resize)
+    return sources.source_labels(source), lambda i: np.asarray(fit.map(source[int(i)])["image"])
+
+
 def class_permutation(labels: np.ndarray, c: int, seed: int) -> np.ndarray:
     """The train indices of class c in a seeded order (the same on every host)."""
     pool = np.flatnonzero(labels == c)
@@ -137,12 +144,12 @@ def start_images(config, model, variables, slots: list[Slot]) -> StartImages:
     rc, dc = config.recover, config.data
     if rc.init not in MODES[1:]:
         raise ValueError(f"unknown recover.init {rc.init!r}; known: {MODES}")
-    source = splits.build_source(dc, "train")
-    labels = sources.source_labels(source)
-    fit = EvalResize(dc.image_size, dc.eval_resize)
-    load = lambda i: np.asarray(fit.map(source[int(i)])["image"])
-    scorer = Scorer(model, variables, dc.mean, dc.std)
     selector = _rded_selector(config, model, variables) if rc.init == "rded" else None
+    if selector is not None:  # it already holds the split's labels, a loader and the scorer
+        labels, load, scorer = selector.labels, selector.load, selector.scorer
+    else:
+        labels, load = train_images(dc)
+        scorer = Scorer(model, variables, dc.mean, dc.std)
     chosen, boxes = {}, {}
     for c in sorted({c for c, _ in slots}):
         ks = sorted(k for cc, k in slots if cc == c)
