@@ -103,6 +103,12 @@ def test_cluster_selection_takes_the_lowest_loss_image_of_each_mode():
         assert loss[p] == loss[blob == blob[p]].min()
     assert np.all(np.diff(loss[picks]) > 0)
     assert rded.select(loss[:, None], 3)[1].tolist()[:2] == [0, 1]
+    medoids = rded.cluster_select(loss, features, 3, np.random.default_rng(1), medoid=True)
+    for p in medoids:
+        members = np.flatnonzero(blob == blob[p])
+        dist = ((features[members] - features[members].mean(0)) ** 2).sum(1)
+        assert p == members[np.argmin(dist)]
+    assert sorted(blob[medoids].tolist()) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("size", [12, 13])

@@ -42,6 +42,7 @@ VARIANTS = {
     # RDED's scoring with a choice spread over the class's modes: the lowest-loss image of each
     # k-means cluster of the teacher's features.
     "rded_cluster": {"method": "rded", "rded_select": "cluster"},
+    "rded_medoid": {"method": "rded", "rded_select": "medoid"},
     # EDC (CIFAR-10 script): real init, category-aware BN matching (α 0.5), 75 iterations of Adam
     # lr 0.05 on all images in one batch with RandomResizedCrop, briefly trained backbones rotated
     # per iteration and their ensemble as the soft-label teacher.

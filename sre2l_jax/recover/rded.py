@@ -8,7 +8,7 @@ Per class c, over `rded_pool` real train images of c (the class's seeded order, 
      best first (`rded_select=loss`, RDED); or, with `rded_select=cluster`, the pool's best crops
      are split into ipc·f² k-means clusters of the scoring model's penultimate features and each
      cluster gives its lowest-loss crop (realism within each mode of the class, not only the easiest
-     mode), best first;
+     mode), best first; `rded_select=medoid` takes each cluster's crop nearest its mean instead;
   4. output image k stitches f × f of them, grid cell j (row-major) holding the (j·ipc + k)-th; a
      cell is size // f pixels, the first size % f rows and columns one more (RDED's `mix_images`).
 With f = 1 an output image is its selected crop at size × size. A class's images depend only on
@@ -30,7 +30,7 @@ from sre2l_jax.recover.real_init import Scorer, class_permutation, crop_to, stit
 
 _TAG = 0x8DED  # keeps RDED's crop draws apart from other uses of the seed
 SCORERS = ("teacher", "ensemble")
-SELECTIONS = ("loss", "cluster")
+SELECTIONS = ("loss", "cluster", "medoid")
 _KMEANS_ITERATIONS = 100
 
 
@@ -71,13 +71,20 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     return assign
 
 
-def cluster_select(best_loss: np.ndarray, features: np.ndarray, keep: int,
-                   rng: np.random.Generator) -> np.ndarray:
-    """Positions of `keep` images: the lowest-loss member of each of `keep` k-means clusters of
-    `features`, lowest loss first (an empty cluster's place goes to the lowest-loss image left)."""
+def cluster_select(best_loss: np.ndarray, features: np.ndarray, keep: int, rng: np.random.Generator,
+                   medoid: bool = False) -> np.ndarray:
+    """Positions of `keep` images, one per k-means cluster (k = keep) of `features`: the cluster's
+    lowest-loss member, or with `medoid` the member nearest the cluster's mean; lowest loss first
+    (an empty cluster's place goes to the lowest-loss image left)."""
+    features = np.asarray(features, np.float64)
     assign = kmeans(features, keep, rng)
-    picks = [int(np.flatnonzero(assign == j)[np.argmin(best_loss[assign == j])])
-             for j in range(keep) if np.any(assign == j)]
+    picks = []
+    for j in range(keep):
+        members = np.flatnonzero(assign == j)
+        if len(members):
+            x = features[members]
+            rank = ((x - x.mean(0)) ** 2).sum(1) if medoid else best_loss[members]
+            picks.append(int(members[np.argmin(rank)]))
     taken = set(picks)
     picks += [int(i) for i in np.argsort(best_loss, kind="stable") if int(i) not in taken][:keep - len(picks)]
     return np.asarray(sorted(picks, key=lambda i: (best_loss[i], i)))
@@ -121,10 +128,11 @@ class Selector:
               keep: int) -> tuple[np.ndarray, np.ndarray]:
         """(each image's best crop, the `keep` chosen images best first) by `rded_select`."""
         best_crop, order = select(losses, keep)
-        if self.rc.rded_select == "cluster":
+        if self.rc.rded_select != "loss":
             rows = np.arange(len(losses))
             order = cluster_select(losses[rows, best_crop], features[rows, best_crop], keep,
-                                   np.random.default_rng([self.seed, _TAG, c, 1]))
+                                   np.random.default_rng([self.seed, _TAG, c, 1]),
+                                   medoid=self.rc.rded_select == "medoid")
         return best_crop, order
 
     def class_images(self, c: int, ipc: int) -> list[dict]:
