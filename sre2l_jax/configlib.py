@@ -164,7 +164,7 @@ def base_config() -> ml_collections.ConfigDict:
     r.rded_scorer = "teacher"  # teacher | ensemble (teacher + extra teachers, mean logits)
     # loss: the lowest-loss images (RDED) | cluster: the lowest-loss image of each of ipc·f² k-means
     # clusters of the scoring model's penultimate features (diversity across the class's modes) |
-    # medoid: each cluster's image nearest its mean.
+    # medoid: each cluster's image nearest its mean | median: the images around the median loss.
     r.rded_select = "loss"
     # The teacher's convolutions during recovery: float32 | bfloat16 (BN statistics, the loss and the
     # images stay float32). bf16 halves the arithmetic on TPU/GPU; on CPU it is no faster.

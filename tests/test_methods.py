@@ -111,6 +111,18 @@ def test_cluster_selection_takes_the_lowest_loss_image_of_each_mode():
     assert sorted(blob[medoids].tolist()) == [0, 1, 2]
 
 
+
+def test_median_selection_takes_the_images_around_the_median_loss(data_dir, tiny_teacher):
+    model, variables, path = tiny_teacher
+    c = idx_config(data_dir, path, rded_pool=8, rded_crops=2, ipc=2, rded_select="median")
+    sel = rded.Selector(c, model, variables)
+    losses = np.array([[5.0, 6.0], [0.5, 0.1], [3.0, 2.0], [9.0, 8.0], [1.0, 4.0], [7.0, 7.5],
+                       [2.5, 3.5], [6.5, 6.0]])
+    best_crop, order = sel.order(0, losses, np.zeros((8, 2, 3)), 2)
+    assert best_crop.tolist() == [0, 1, 1, 1, 0, 0, 0, 1]
+    assert order.tolist() == [6, 0]  # best losses sorted: 0.1 1.0 2.0 2.5 | 5.0 6.0 7.0 8.0 → 2.5, 5.0
+
+
 @pytest.mark.parametrize("size", [12, 13])
 def test_stitch_puts_each_patch_in_its_cell(size):
     patches = [np.full((5, 5, 1), 10 * (k + 1), np.uint8) for k in range(4)]

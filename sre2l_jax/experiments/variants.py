@@ -43,6 +43,7 @@ VARIANTS = {
     # k-means cluster of the teacher's features.
     "rded_cluster": {"method": "rded", "rded_select": "cluster"},
     "rded_medoid": {"method": "rded", "rded_select": "medoid"},
+    "rded_median": {"method": "rded", "rded_select": "median"},
     # EDC (CIFAR-10 script): real init, category-aware BN matching (α 0.5), 75 iterations of Adam
     # lr 0.05 on all images in one batch with RandomResizedCrop, briefly trained backbones rotated
     # per iteration and their ensemble as the soft-label teacher.

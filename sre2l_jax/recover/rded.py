@@ -9,6 +9,8 @@ Per class c, over `rded_pool` real train images of c (the class's seeded order, 
      are split into ipc·f² k-means clusters of the scoring model's penultimate features and each
      cluster gives its lowest-loss crop (realism within each mode of the class, not only the easiest
      mode), best first; `rded_select=medoid` takes each cluster's crop nearest its mean instead;
+     `rded_select=median` the ipc·f² images around the class's median loss (CV-DD's medium
+     difficulty), best first;
   4. output image k stitches f × f of them, grid cell j (row-major) holding the (j·ipc + k)-th; a
      cell is size // f pixels, the first size % f rows and columns one more (RDED's `mix_images`).
 With f = 1 an output image is its selected crop at size × size. A class's images depend only on
@@ -26,11 +28,11 @@ import numpy as np
 
 from sre2l_jax.data.transforms import rrc_params
 from sre2l_jax.formats import images as image_files
-from sre2l_jax.recover.real_init import Scorer, class_permutation, crop_to, stitch, train_images
+from sre2l_jax.recover.real_init import Scorer, class_permutation, crop_to, medium_picks, stitch, train_images
 
 _TAG = 0x8DED  # keeps RDED's crop draws apart from other uses of the seed
 SCORERS = ("teacher", "ensemble")
-SELECTIONS = ("loss", "cluster", "medoid")
+SELECTIONS = ("loss", "cluster", "medoid", "median")
 _KMEANS_ITERATIONS = 100
 
 
@@ -128,8 +130,10 @@ class Selector:
               keep: int) -> tuple[np.ndarray, np.ndarray]:
         """(each image's best crop, the `keep` chosen images best first) by `rded_select`."""
         best_crop, order = select(losses, keep)
-        if self.rc.rded_select != "loss":
-            rows = np.arange(len(losses))
+        rows = np.arange(len(losses))
+        if self.rc.rded_select == "median":  # medium_picks: around the median, least confident first
+            order = medium_picks(-losses[rows, best_crop], keep)[::-1]
+        elif self.rc.rded_select != "loss":
             order = cluster_select(losses[rows, best_crop], features[rows, best_crop], keep,
                                    np.random.default_rng([self.seed, _TAG, c, 1]),
                                    medoid=self.rc.rded_select == "medoid")
