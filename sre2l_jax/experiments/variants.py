@@ -39,8 +39,8 @@ VARIANTS = {
     # the real images (0 iterations would be baseline (a) with another random subset).
     "real_init_100it": {"init": "real_random", "iterations": 100},
     "rded": {"method": "rded"},
-    # RDED's scoring with a choice spread over the class's modes: the lowest-loss image of each
-    # k-means cluster of the teacher's features.
+    # RDED's scoring, another choice: the lowest-loss image of each k-means cluster of the teacher's
+    # features (diversity), each cluster's image nearest its mean, the images around the median loss.
     "rded_cluster": {"method": "rded", "rded_select": "cluster"},
     "rded_medoid": {"method": "rded", "rded_select": "medoid"},
     "rded_median": {"method": "rded", "rded_select": "median"},
