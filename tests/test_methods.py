@@ -111,7 +111,6 @@ def test_cluster_selection_takes_the_lowest_loss_image_of_each_mode():
     assert sorted(blob[medoids].tolist()) == [0, 1, 2]
 
 
-
 def test_median_selection_takes_the_images_around_the_median_loss(data_dir, tiny_teacher):
     model, variables, path = tiny_teacher
     c = idx_config(data_dir, path, rded_pool=8, rded_crops=2, ipc=2, rded_select="median")
