@@ -28,6 +28,6 @@ setup(
         # Weight import and the PyTorch reference of the benchmarks only; never imported by the
         # pipeline itself. The pins are the builds Python 3.11 machines here install from disk.
         "torch": ["torch==2.14.1", "torchvision==0.29.1"],
-        "test": ["pytest>=8,<10", "ruff>=0.6"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "ruff>=0.6"],
     },
 )

@@ -3,7 +3,7 @@
 # (the embedded default data) and a virtual environment in .venv with the package installed.
 #
 #   bash launch/setup.sh          # what the main job needs
-#   bash launch/setup.sh --test   # plus pytest, ruff and PyTorch/torchvision (tests compare against them)
+#   bash launch/setup.sh --test   # plus pytest(-xdist), ruff and PyTorch/torchvision (tests compare against them)
 #
 # Variables: PYTHON (default python3.11, else python3) picks the interpreter; VENV (default .venv).
 set -euo pipefail

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sre2l_jax import conv, norm
+from sre2l_jax import conv, norm, parallel
 
 BN_STATS = "bn_stats"
 BN_IMAGE_SUMS = "bn_image_sums"  # per image Σ and Σ² of each BN input over (H, W): class statistics
@@ -212,10 +212,17 @@ def model_from_meta(meta: dict) -> ResNet:
     return create_model(meta["arch"], meta["num_classes"], meta["width"], meta["stem"])
 
 
-def init_variables(model: ResNet, rng: jax.Array, image_shape: Sequence[int]) -> dict:
-    """`{'params', 'batch_stats'}` for inputs of shape (H, W, C)."""
-    variables = jax.jit(model.init)(rng, jnp.zeros((1, *image_shape), jnp.float32))
+def initial_variables(model: ResNet, rng: jax.Array, image_shape: Sequence[int]) -> dict:
+    """`{'params', 'batch_stats'}` for inputs of shape (H, W, C), traced (call it inside a jit)."""
+    variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
     return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+
+def init_variables(model: ResNet, rng: jax.Array, image_shape: Sequence[int]) -> dict:
+    """`initial_variables`, compiled for its one run (-O2 on CPU: the same values, a third of the
+    compile time)."""
+    init = functools.partial(initial_variables, model, image_shape=tuple(image_shape))
+    return jax.jit(init, compiler_options=parallel.one_shot_compiler_options())(rng)
 
 
 def _walk_in_order(tree: dict, prefix: str, out: list) -> None:

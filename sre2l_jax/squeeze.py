@@ -19,7 +19,7 @@ from absl import logging
 from sre2l_jax import checkpoint, evaluate, optim, parallel, stage_state
 from sre2l_jax.data import pipeline, splits
 from sre2l_jax.metrics import MetricsLog
-from sre2l_jax.models import create_model, init_variables
+from sre2l_jax.models import create_model, initial_variables
 from sre2l_jax.train_state import TrainState
 
 
@@ -131,8 +131,8 @@ class _Trainer:
                                compiler_options=parallel.training_compiler_options())
 
     def init_state(self) -> TrainState:
-        variables = init_variables(self.model, jax.random.key(self.config.seed),
-                                   (self.dc.image_size, self.dc.image_size, self.dc.channels))
+        variables = initial_variables(self.model, jax.random.key(self.config.seed),
+                                      (self.dc.image_size, self.dc.image_size, self.dc.channels))
         return TrainState(jnp.zeros((), jnp.int32), variables["params"],
                           variables["batch_stats"], self.tx.init(variables["params"]))
 
