@@ -23,15 +23,16 @@ RUNLOCAL = "recover,runlocal"
 IPC = 4  # 40 slots in two batches of 20
 
 
-def _teacher(path: str, width: int) -> str:
-    model = models.create_model("resnet18", 10, width, "lowres")
+def _teacher(path: str) -> str:
+    """The runlocal-width (8) ResNet-18 with random weights and non-trivial running statistics."""
+    model = models.create_model("resnet18", 10, 8, "lowres")
     variables = models.init_variables(model, jax.random.key(0), (28, 28, 1))
     rng = np.random.default_rng(0)
     stats = jax.tree.map(np.asarray, variables["batch_stats"])
     for layer in jax.tree.leaves(stats, is_leaf=lambda x: isinstance(x, dict) and "mean" in x):
         layer["mean"] = rng.normal(0, 0.3, layer["mean"].shape).astype(np.float32)
         layer["var"] = rng.uniform(0.5, 1.5, layer["var"].shape).astype(np.float32)
-    meta = {"arch": "resnet18", "width": width, "stem": "lowres", "num_classes": 10, "channels": 1,
+    meta = {"arch": "resnet18", "width": 8, "stem": "lowres", "num_classes": 10, "channels": 1,
             "image_size": 28, "mean": [0.2860], "std": [0.3530], "class_names": FASHION_MNIST_CLASSES,
             "top1": None, "source": "test"}
     checkpoint.save_model(path, {"params": variables["params"], "batch_stats": stats}, meta)
@@ -40,7 +41,7 @@ def _teacher(path: str, width: int) -> str:
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    return _teacher(str(tmp_path_factory.mktemp("rn18") / "model"), width=8)
+    return _teacher(str(tmp_path_factory.mktemp("rn18") / "model"))
 
 
 def _config(teacher_path: str, devices: int, **recover_opts):
@@ -110,8 +111,8 @@ def test_winograd_images_are_identical_on_1_and_2_devices(tmp_path, monkeypatch,
     kinds in one step, at a fraction of the trace and compile time of Winograd everywhere."""
     monkeypatch.setenv("SRE2L_CONV", "winograd")
     monkeypatch.setattr(conv, "WINOGRAD_MIN_MACS", 10**7)
-    model = models.create_model("resnet18", 10, 8, "lowres")
-    variables, _ = checkpoint.load_model(teacher)
+    variables, meta = checkpoint.load_model(teacher)
+    model = models.model_from_meta(meta)
     kernels = models.with_winograd_kernels(model, variables, (20, 28, 28, 1))[models.WINOGRAD]
     assert {f"{layer}/{c}" for layer, convs in kernels.items() for c in convs} == {
         "layer4_0/conv2", "layer4_1/conv1", "layer4_1/conv2"}
