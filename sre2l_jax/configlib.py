@@ -193,6 +193,10 @@ def base_config() -> ml_collections.ConfigDict:
     st.crop_scale = (0.08, 1.0)
     st.crop_padding = 4
     st.flip = True
+    # RandAugment operations per image before the crop (0: off; EDC's student: torchvision's
+    # RandAugment(), 2 operations at magnitude 9 of 31), sre2l_jax/randaugment.py.
+    st.randaugment = 0
+    st.randaugment_magnitude = 9
     st.mix = "cutmix"  # none | cutmix | mixup
     st.mix_alpha = 1.0
     st.mix_prob = 1.0

@@ -243,7 +243,7 @@ class _Students:
             for b, images, labels in data.epoch(order):
                 if stored is not None:
                     _, plan, targets = stored[b]
-                    plan = {k: (parallel.replicate(lane.mesh, a) if k in ("lam", "box") else
+                    plan = {k: (parallel.replicate(lane.mesh, a) if k in plans.BATCH_KEYS else
                                 steps.place(a)) for k, a in plan.items()}
                     state, metrics = steps.stored(state, images, labels, plan, steps.place(targets))
                 else:

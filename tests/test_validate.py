@@ -244,6 +244,20 @@ def test_stored_labels_reproduce_online_training(runs):
     assert [h["epoch"] for h in four["history"]] == [2, 3] and four["history"] == stored["history"]
 
 
+def test_stored_labels_reproduce_online_training_with_randaugment(env, runs):
+    online, stored = _workdir(env, "ra_online"), _workdir(env, "ra_stored")
+    config = lambda **kw: env["config"](student__randaugment=2, num_devices=4, **kw)
+    summary_online = validate.run(config(), online)
+    relabel.run(config(), stored)
+    z = label_files.read_epoch(os.path.join(stored, "relabel"), 0)
+    assert z["ra_ops"].shape == (16, 2) and z["ra_signs"].dtype == bool
+    summary_stored = validate.run(config(validate__labels="stored"), stored)
+    assert _max_diff(_student_params(online), _student_params(stored, stored=True)) < 2e-5
+    assert summary_stored["top1"] == summary_online["top1"]
+    # RandAugment did change the student's inputs: not the student without it.
+    assert _max_diff(_student_params(online), _student_params(runs["four"])) > 1e-3
+
+
 def test_relabel_files(runs, env):
     d = os.path.join(runs["stored"], "relabel")
     assert sorted(f for f in os.listdir(d) if f.endswith(".npz")) == [

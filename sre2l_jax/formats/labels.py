@@ -7,6 +7,7 @@
   mix_perm     int32 [N]      mixing partner, as a position inside the same batch
   mix_lambda   f32   [nb]     label weight of the original image, per batch (1: not mixed)
   mix_box      int16 [nb,4]   CutMix box (y1, x1, y2, x2), per batch (zeros: none)
+  ra_ops, ra_signs  int8, bool [N,k]  RandAugment's operations and signs (only with RandAugment)
   logits       f16   [N,C]    the teacher's logits on the augmented, mixed image (top_k = 0), or
   topk_values  f16   [N,k] and topk_indices int16/int32 [N,k] (top_k > 0).
 Batch b covers positions [b·B, min((b+1)·B, N)) with B = the plan's batch_size in meta.json.
@@ -60,6 +61,8 @@ def epoch_arrays(rows: list[dict], top_k: int, num_classes: int, box_dtype) -> d
            "flips": cat("flips").astype(bool), "mix_perm": cat("perm").astype(np.int32),
            "mix_lambda": np.asarray([r["lam"] for r in rows], np.float32),
            "mix_box": np.stack([r["box"] for r in rows]).astype(box_dtype)}
+    if "ra_ops" in rows[0]:
+        out["ra_ops"], out["ra_signs"] = cat("ra_ops").astype(np.int8), cat("ra_signs").astype(bool)
     if top_k:
         idx = np.argsort(-logits, axis=1, kind="stable")[:, :top_k]
         out["topk_values"] = np.take_along_axis(logits, idx, axis=1).astype(np.float16)
@@ -129,5 +132,8 @@ class StoredLabels:
             plan = {"boxes": arrays["boxes"][s:e].astype(np.int32), "flips": arrays["flips"][s:e],
                     "perm": arrays["mix_perm"][s:e], "lam": arrays["mix_lambda"][b],
                     "box": arrays["mix_box"][b].astype(np.int32)}
+            if "ra_ops" in arrays:
+                plan["ra_ops"] = arrays["ra_ops"][s:e].astype(np.int32)
+                plan["ra_signs"] = arrays["ra_signs"][s:e]
             out.append((arrays["order"][s:e], plan, logits[s:e]))
         return out

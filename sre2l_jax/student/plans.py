@@ -15,11 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sre2l_jax import augment, configlib
+from sre2l_jax import augment, configlib, randaugment
 
 _INIT, _AUG = 0, 1  # fold_in tags keeping the student-init and augmentation streams apart
+_RANDAUGMENT = 2  # fold_in tag of the RandAugment draw inside a batch's key
 MIXES = ("none", "cutmix", "mixup")
 CROPS = ("rrc", "pad_crop", "none")
+BATCH_KEYS = ("lam", "box")  # plan entries drawn once per batch; every other entry is per image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,8 @@ class AugSpec:
     crop: str = "rrc"  # rrc: RandomResizedCrop(crop_scale) | pad_crop: RandomCrop(padding) | none
     crop_padding: int = 4
     flip: bool = True
+    randaugment: int = 0  # RandAugment operations per image before the crop (0: off; EDC: 2)
+    randaugment_magnitude: int = 9  # of randaugment.NUM_BINS (torchvision's default 9)
 
     def __post_init__(self):
         if self.mix not in MIXES:
@@ -78,7 +82,8 @@ def batch_key(ids: jax.Array) -> jax.Array:
 
 
 def normalize(images: jax.Array, spec: AugSpec) -> jax.Array:
-    """uint8 → normalized float32 (images stay uint8 in device memory: 4× less than float)."""
+    """Pixel values (uint8, or float in [0, 255]) → normalized float32 (images stay uint8 in device
+    memory: 4× less than float)."""
     mean, std = np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
     return images.astype(jnp.float32) * (1.0 / (255.0 * std)) - mean / std
 
@@ -107,8 +112,18 @@ def mix_plan(key: jax.Array, n: int, spec: AugSpec) -> dict:
     return {"perm": perm, "lam": lam.astype(jnp.float32), "box": box}
 
 
+def to_input(images: jax.Array, plan: dict, spec: AugSpec) -> jax.Array:
+    """A uint8 batch → the plan's RandAugment on its pixel values, if any → normalized float32."""
+    if "ra_ops" not in plan:
+        return normalize(images, spec)
+    x = randaugment.apply(images.astype(jnp.float32), plan["ra_ops"], plan["ra_signs"],
+                          spec.randaugment_magnitude)
+    return normalize(x, spec)
+
+
 def apply_plan(x: jax.Array, plan: dict, spec: AugSpec) -> jax.Array:
-    """Crops + flips per image, then the batch's mixing — the replay of a stored plan."""
+    """Crops + flips per image of the normalized batch `x`, then the batch's mixing — the replay
+    of a stored plan (after `to_input`)."""
     if spec.crop == "rrc":
         x = augment.apply_crops(x, plan["boxes"], plan["flips"], spec.image_size)
     else:
@@ -139,14 +154,18 @@ def crop_plan(key: jax.Array, x: jax.Array, spec: AugSpec) -> tuple[jax.Array, j
 
 
 def make_plan(key: jax.Array, x: jax.Array, spec: AugSpec) -> dict:
-    """Draw a batch's full augmentation plan (boxes int32 (N,4), flips (N,), perm, lam, box)."""
+    """Draw a batch's full augmentation plan (boxes int32 (N,4), flips (N,), perm, lam, box; with
+    RandAugment also ra_ops int32 (N,k) and ra_signs bool (N,k))."""
     k_crop, k_mix = jax.random.split(key)
     boxes, flips = crop_plan(k_crop, x, spec)
-    return {"boxes": boxes, "flips": flips, **mix_plan(k_mix, x.shape[0], spec)}
+    plan = {"boxes": boxes, "flips": flips, **mix_plan(k_mix, x.shape[0], spec)}
+    if spec.randaugment:
+        plan.update(randaugment.sample(jax.random.fold_in(key, _RANDAUGMENT), x.shape[0],
+                                       spec.randaugment))
+    return plan
 
 
 def augmented(images: jax.Array, ids: jax.Array, spec: AugSpec):
-    """Batch `ids` (uint8 images): normalized, its plan drawn and applied."""
-    x = normalize(images, spec)
-    plan = make_plan(batch_key(ids), x, spec)
-    return apply_plan(x, plan, spec), plan
+    """Batch `ids` (uint8 images): its plan drawn, then RandAugment, normalization, crops, mixing."""
+    plan = make_plan(batch_key(ids), images.astype(jnp.float32), spec)
+    return apply_plan(to_input(images, plan, spec), plan, spec), plan

@@ -18,8 +18,9 @@ import numpy as np
 import optax
 
 from sre2l_jax import parallel
+from sre2l_jax.student import plans
 from sre2l_jax.student.losses import hard_loss, kd_loss, mse_ce_loss
-from sre2l_jax.student.plans import AugSpec, apply_plan, augmented, normalize
+from sre2l_jax.student.plans import AugSpec, apply_plan, augmented, to_input
 from sre2l_jax.train_state import TrainState
 
 LOSSES = ("kl", "mse_ce")
@@ -95,7 +96,7 @@ def online_step(state, teacher_vars, images, labels, ids, soft, *, recipe: Recip
 
 def stored_step(state, images, labels, plan, targets, *, recipe: Recipe):
     """Replay a stored plan with stored teacher logits (FKD-style relabelled training)."""
-    x = apply_plan(normalize(images, recipe.spec), plan, recipe.spec)
+    x = apply_plan(to_input(images, plan, recipe.spec), plan, recipe.spec)
     return _update(state, x, lambda s: recipe.soft_loss(s, targets, labels), recipe)
 
 
@@ -164,7 +165,7 @@ class Steps:
         fn = self._jit("stored", images.shape[0], lambda b: jax.jit(
             functools.partial(stored_step, recipe=self.recipe),
             in_shardings=(self.state_sharding, b, b,
-                          {"boxes": b, "flips": b, "perm": b, "lam": self.repl, "box": self.repl}, b),
+                          {k: self.repl if k in plans.BATCH_KEYS else b for k in plan}, b),
             out_shardings=(self.state_sharding, self.repl), donate_argnums=(0,),
             compiler_options=parallel.training_compiler_options()))
         return fn(state, images, labels, plan, targets)
