@@ -3,7 +3,7 @@
 EDC's student applies `torchvision.transforms.RandAugment()` (2 operations per image, magnitude 9
 of 31 bins) to each image before RandomResizedCrop. Here an image's operations and signs are drawn
 into the batch plan (`sample`), so stored labels replay them, and `apply` runs them on pixel values
-in [0, 255], rounding to integers after each operation as torchvision's uint8 images do. Geometric
+in [0, 255], truncating to integers after each operation as torchvision's uint8 images do. Geometric
 operations sample the nearest pixel and fill with 0, as torchvision's defaults do.
 """
 
@@ -20,17 +20,27 @@ OPS = ("identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate",
 NUM_BINS = 31
 SIGNED = frozenset({"shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness",
                     "color", "contrast", "sharpness"})  # torchvision negates these half the time
+BLENDS = ("brightness", "color", "contrast", "sharpness")  # blend with a degenerate image by 1 + m
+
+
+def _linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
+    """torch.linspace in float32: start + i·step up to half way, end − (steps − 1 − i)·step after."""
+    start32, end32 = np.float32(start), np.float32(end)
+    step = (end32 - start32) / np.float32(steps - 1)
+    i = np.arange(steps, dtype=np.float32)
+    return np.where(i < steps // 2, start32 + step * i, end32 - step * (np.float32(steps - 1) - i))
 
 
 def magnitudes(magnitude: int, height: int, width: int) -> dict[str, float]:
-    """Each operation's strength at bin `magnitude` of NUM_BINS (torchvision's augmentation space)."""
+    """Each operation's strength at bin `magnitude` of NUM_BINS: torchvision's augmentation space,
+    float32 bins as torch.linspace gives them."""
     if not 0 <= magnitude < NUM_BINS:
         raise ValueError(f"student.randaugment_magnitude must be in [0, {NUM_BINS - 1}], got {magnitude}")
-    t = magnitude / (NUM_BINS - 1)
-    return {"shear_x": 0.3 * t, "shear_y": 0.3 * t, "translate_x": 150.0 / 331.0 * width * t,
-            "translate_y": 150.0 / 331.0 * height * t, "rotate": 30.0 * t,
-            **{k: 0.9 * t for k in ("brightness", "color", "contrast", "sharpness")},
-            "posterize": float(8 - round(magnitude / ((NUM_BINS - 1) / 4))), "solarize": 255.0 * (1 - t)}
+    at = lambda start, end: float(_linspace_f32(start, end, NUM_BINS)[magnitude])
+    return {"shear_x": at(0.0, 0.3), "shear_y": at(0.0, 0.3),
+            "translate_x": at(0.0, 150.0 / 331.0 * width), "translate_y": at(0.0, 150.0 / 331.0 * height),
+            "rotate": at(0.0, 30.0), **{k: at(0.0, 0.9) for k in BLENDS},
+            "posterize": float(8 - round(magnitude / ((NUM_BINS - 1) / 4))), "solarize": at(255.0, 0.0)}
 
 
 def sample(key: jax.Array, n: int, num_ops: int) -> dict:
@@ -44,12 +54,17 @@ def apply(images: jax.Array, ops: jax.Array, signs: jax.Array, magnitude: int) -
     """images float32 NHWC with values in [0, 255]; ops int32 (N, k); signs bool (N, k)."""
     mags = magnitudes(magnitude, images.shape[1], images.shape[2])
 
+    def argument(name, negative):
+        m = mags.get(name, 0.0)
+        if name in BLENDS:  # torchvision's blend weights: 1 ± m and 1 − (1 ± m) in double, then float32
+            return (jnp.where(negative, np.float32(1 - m), np.float32(1 + m)),
+                    jnp.where(negative, np.float32(1 - (1 - m)), np.float32(1 - (1 + m))))
+        return jnp.where(negative, -m, m) if name in SIGNED else m
+
     def one(image, image_ops, image_signs):
         for op, negative in zip(image_ops, image_signs):
-            sign = jnp.where(negative, -1.0, 1.0)
-            branches = [lambda im, s, name=name: _OPS[name](
-                im, (s if name in SIGNED else 1.0) * mags.get(name, 0.0)) for name in OPS]
-            image = jnp.clip(jnp.round(jax.lax.switch(op, branches, image, sign)), 0.0, 255.0)
+            branches = [lambda im, neg, name=name: _OPS[name](im, argument(name, neg)) for name in OPS]
+            image = jnp.floor(jnp.clip(jax.lax.switch(op, branches, image, negative), 0.0, 255.0))
         return image
 
     return jax.vmap(one)(images, ops, signs)
@@ -93,36 +108,38 @@ def _rotate(image, degrees):
     return _affine_nearest(image, [[c, -s, 0.0], [s, c, 0.0]], ((w - 1) / 2, (h - 1) / 2))
 
 
-def _gray(image):
-    if image.shape[-1] == 1:
-        return image
-    return image @ jnp.asarray([0.299, 0.587, 0.114], jnp.float32)[:, None]
+def _gray(image):  # torchvision's rgb_to_grayscale on uint8: weighted sum, truncated
+    return jnp.floor(image @ jnp.asarray([0.2989, 0.587, 0.114], jnp.float32)[:, None])
 
 
-def _blend(image, other, factor):
-    return jnp.clip(other + factor * (image - other), 0.0, 255.0)
+def _blend(image, other, weights):
+    """torchvision: factor·image + (1 − factor)·other in float32. XLA fuses this into one
+    multiply-add, which keeps an exact 1.27·218 − 0.27·218 at 218 where torchvision's two rounded
+    products truncate to 217: at most 1 gray level on ~0.2 % of sharpness's pixels."""
+    factor, complement = weights
+    return jnp.clip(factor * image + complement * other, 0.0, 255.0)
 
 
-def _brightness(image, m):
-    return _blend(image, jnp.zeros_like(image), 1.0 + m)
+def _brightness(image, weights):
+    return _blend(image, jnp.zeros_like(image), weights)
 
 
-def _color(image, m):  # saturation: a gray image is its own grayscale
-    return _blend(image, _gray(image), 1.0 + m)
+def _color(image, weights):  # saturation; torchvision returns a 1-channel image unchanged
+    return image if image.shape[-1] == 1 else _blend(image, _gray(image), weights)
 
 
-def _contrast(image, m):
-    return _blend(image, jnp.mean(_gray(image)), 1.0 + m)
+def _contrast(image, weights):
+    return _blend(image, jnp.mean(image if image.shape[-1] == 1 else _gray(image)), weights)
 
 
-def _sharpness(image, m):
+def _sharpness(image, weights):
     """Blend with the 3×3 smoothed image (centre weight 5 of 13); border pixels stay (torchvision)."""
     kernel = jnp.ones((3, 3), jnp.float32).at[1, 1].set(5.0) / 13.0
     h, w = image.shape[:2]
     windows = [image[i:i + h - 2, j:j + w - 2] * kernel[i, j] for i in range(3) for j in range(3)]
     smooth = jnp.round(sum(windows))
     blurred = image.at[1:-1, 1:-1].set(smooth)
-    return _blend(image, blurred, 1.0 + m)
+    return _blend(image, blurred, weights)
 
 
 def _posterize(image, bits):
@@ -136,7 +153,8 @@ def _solarize(image, threshold):
 
 def _autocontrast(image, _):
     lo, hi = image.min(axis=(0, 1)), image.max(axis=(0, 1))
-    scale = jnp.where(hi > lo, 255.0 / jnp.maximum(hi - lo, 1e-6), 1.0)
+    # torchvision's 255 / (hi − lo) is torch's reciprocal(hi − lo) · 255: not always the same float.
+    scale = jnp.where(hi > lo, (1.0 / jnp.maximum(hi - lo, 1e-6)) * 255.0, 1.0)
     return jnp.where(hi > lo, (image - lo) * scale, image)
 
 
