@@ -61,16 +61,17 @@ def apply(images: jax.Array, ops: jax.Array, signs: jax.Array, magnitude: int) -
                     jnp.where(negative, np.float32(1 - (1 - m)), np.float32(1 - (1 + m))))
         return jnp.where(negative, -m, m) if name in SIGNED else m
 
+    branches = [lambda im, neg, name=name: _OPS[name](im, argument(name, neg)) for name in OPS]
+
     def one(image, image_ops, image_signs):
         for op, negative in zip(image_ops, image_signs):
-            branches = [lambda im, neg, name=name: _OPS[name](im, argument(name, neg)) for name in OPS]
             image = jnp.floor(jnp.clip(jax.lax.switch(op, branches, image, negative), 0.0, 255.0))
         return image
 
     return jax.vmap(one)(images, ops, signs)
 
 
-def _affine_nearest(image: jax.Array, inverse: np.ndarray | jax.Array, center: tuple) -> jax.Array:
+def _affine_nearest(image: jax.Array, inverse: list, center: tuple) -> jax.Array:
     """out[y, x] = image[inverse · (x − cx, y − cy) + (cx, cy)], nearest pixel, 0 outside."""
     h, w = image.shape[:2]
     ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),

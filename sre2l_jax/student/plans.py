@@ -114,11 +114,10 @@ def mix_plan(key: jax.Array, n: int, spec: AugSpec) -> dict:
 
 def to_input(images: jax.Array, plan: dict, spec: AugSpec) -> jax.Array:
     """A uint8 batch → the plan's RandAugment on its pixel values, if any → normalized float32."""
-    if "ra_ops" not in plan:
-        return normalize(images, spec)
-    x = randaugment.apply(images.astype(jnp.float32), plan["ra_ops"], plan["ra_signs"],
-                          spec.randaugment_magnitude)
-    return normalize(x, spec)
+    if "ra_ops" in plan:
+        images = randaugment.apply(images.astype(jnp.float32), plan["ra_ops"], plan["ra_signs"],
+                                   spec.randaugment_magnitude)
+    return normalize(images, spec)
 
 
 def apply_plan(x: jax.Array, plan: dict, spec: AugSpec) -> jax.Array:
