@@ -1,4 +1,5 @@
-"""Test session setup: 4 simulated CPU devices, a persistent compile cache, one shared tiny teacher."""
+"""Test session setup: 4 simulated CPU devices on a 4-thread pool, a persistent compile cache, one
+shared tiny teacher."""
 
 import os
 
@@ -6,6 +7,11 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# XLA:CPU's intra-op pool has max(PJRT_NPROC or the core count, devices) threads, and its Eigen
+# convolutions split their sums by that count: without a fixed size a 1-device subprocess rounds
+# differently from this 4-device process, and each machine from the next (README, "Determinism").
+# The CLI processes the tests start inherit it.
+os.environ["PJRT_NPROC"] = "4"
 
 import jax
 import pytest
