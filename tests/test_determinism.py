@@ -98,7 +98,7 @@ def _cli_run(teacher_path: str, workdir, devices: int, extra: dict | None = None
 def test_a_one_device_process_gives_the_test_process_images(tmp_path, teacher, one_device):
     """A process with one CPU device against this 4-device process: the same images once both run
     on a 4-thread pool (conftest). Without that a 1-device process on 2 cores rounds differently
-    (up to 1.43 after 40 runlocal iterations, every slot; README, "Determinism")."""
+    (up to 1.43 after the 20 runlocal iterations, every one of the 40 slots; README, "Determinism")."""
     run = _cli_run(teacher, tmp_path, 1)
     assert run.returncode == 0, run.stderr[-3000:]
     _assert_identical(one_device, tmp_path)
