@@ -7,9 +7,10 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# XLA:CPU's intra-op pool has max(PJRT_NPROC or the core count, devices) threads, and its Eigen
-# convolutions split their sums by that count: without a fixed size a 1-device subprocess rounds
-# differently from this 4-device process, and each machine from the next (README, "Determinism").
+# XLA:CPU's intra-op pool has max(PJRT_NPROC or the core count, devices) threads, and CPU rounding
+# follows the pool's size (Eigen partitions its work by it): without a fixed size a 1-device
+# subprocess rounds differently from this 4-device process, and each machine from the next
+# (README, "Determinism").
 # The CLI processes the tests start inherit it.
 os.environ["PJRT_NPROC"] = "4"
 

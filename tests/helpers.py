@@ -198,17 +198,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cli_env(devices: int, **extra: str) -> dict:
+    """The environment of a CLI subprocess whose CPU is split into `devices` devices (the package
+    and tests/ importable; `extra` added last). It inherits conftest's PJRT_NPROC."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, TESTS]),
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **extra}
+
+
 def start_processes(argv: list[str], n: int = 2, devices: int = 2, env_for=None) -> list:
     """Start `argv` as n processes × `devices` simulated CPU devices joined by jax.distributed on
     127.0.0.1 (what launch/local_cluster.sh does); env_for(pid) adds per-process variables."""
     port = free_port()
     procs = []
     for pid in range(n):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, TESTS]),
-               "SRE2L_COORDINATOR": f"127.0.0.1:{port}",
-               "SRE2L_NUM_PROCESSES": str(n), "SRE2L_PROCESS_ID": str(pid),
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-               **(env_for(pid) if env_for else {})}
+        env = cli_env(devices, SRE2L_COORDINATOR=f"127.0.0.1:{port}", SRE2L_NUM_PROCESSES=str(n),
+                      SRE2L_PROCESS_ID=str(pid), **(env_for(pid) if env_for else {}))
         procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     return procs

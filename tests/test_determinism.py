@@ -16,7 +16,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from helpers import REPO, load_config, pngs, read_floats, start_processes
+from helpers import REPO, cli_env, load_config, pngs, read_floats, start_processes
 
 from sre2l_jax import checkpoint, conv, models, recover
 from sre2l_jax.data.sources import FASHION_MNIST_CLASSES
@@ -89,10 +89,8 @@ def _cli_args(teacher_path: str, workdir) -> list[str]:
 
 def _cli_run(teacher_path: str, workdir, devices: int, extra: dict | None = None):
     """The CLI in a process whose CPU is split into `devices` devices."""
-    env = {**os.environ, "PYTHONPATH": REPO,
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **(extra or {})}
     return subprocess.run(_cli_args(teacher_path, workdir), cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env=env)
+                          text=True, timeout=600, env=cli_env(devices, **(extra or {})))
 
 
 def test_a_one_device_process_gives_the_test_process_images(tmp_path, teacher, one_device):

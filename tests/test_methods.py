@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO, TESTS, idx_config, numpy_forward_stats, pngs, tiny_config, write_idx_dataset
+from helpers import TESTS, cli_env, idx_config, numpy_forward_stats, pngs, tiny_config, write_idx_dataset
 
 from sre2l_jax import squeeze, teachers
 from sre2l_jax.data import sources, splits
@@ -138,9 +138,8 @@ def _cli(workdir, teacher, data_dir, devices, extra=(), env_extra=None):
     args = [sys.executable, "-m", "sre2l_jax.main", f"--config={config}", f"--workdir={workdir}",
             "--config.data.source=idx", f"--config.data.dir={data_dir}", "--config.data.class_ids=(0,1,2,3)",
             *extra]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, TESTS]), **(env_extra or {}),
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={max(devices, 1)}"}
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(args, env=cli_env(max(devices, 1), **(env_extra or {})),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("method", ["rded", "edc"])

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import (
-    REPO,
     TESTS,
     assert_same_images,
+    cli_env,
     compiles,
     hparams,
     numpy_forward_stats,
@@ -116,12 +116,11 @@ def test_range_split_reproduces_single_run(tmp_path, tiny_teacher):
 
 
 def _cli(workdir, teacher, env_extra=None, iterations=12):
-    env = {**os.environ, "PYTHONPATH": REPO, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           **(env_extra or {})}
     return subprocess.run(
         [sys.executable, "-m", "sre2l_jax.main",
          f"--config={TESTS}/tiny_config.py:recover,teacher={teacher},iterations={iterations}",
-         f"--workdir={workdir}"], env=env, capture_output=True, text=True, timeout=300)
+         f"--workdir={workdir}"], env=cli_env(2, **(env_extra or {})), capture_output=True, text=True,
+        timeout=300)
 
 
 def test_kill_and_resume_gives_identical_images(tmp_path, tiny_teacher):
