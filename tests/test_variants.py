@@ -232,3 +232,43 @@ def test_backbones_and_second_teacher_are_their_own_models(tmp_path, monkeypatch
     assert backbones == [os.path.join(sub, "squeeze", "model") for sub in subs[:-1]]
     assert second == os.path.join(subs[-1], "squeeze", "model")
     assert len({*backbones, second, c.recover.teacher}) == len(backbones) + 2
+
+
+def test_ensemble_labelled_variants_are_ranked_against_random_under_the_same_labels(tmp_path,
+                                                                                    monkeypatch):
+    """EDC's IOR is against the random subset under EDC's ensemble labels (trained once per teacher
+    list, shared by the variants with the same backbones), RDED's against the teacher-labelled one."""
+    from sre2l_jax.experiments import variants
+
+    def validate_summary(top1, baselines):
+        out = {"top1": top1, "top1_std": 0.0, "per_seed": [{"top1": top1}]}
+        return out | {b: {"top1": {"real_soft": 70.0, "real_hard": 60.0, "synthetic_hard": 20.0}[b]
+                          + (5.0 if top1 > 80 else 0.0), "per_seed": []} for b in baselines}
+
+    requested = {}
+
+    def run_once(c, sub, stage):
+        name = os.path.basename(sub)
+        if stage == "validate":
+            requested[name] = tuple(c.validate.baselines)
+            return validate_summary({"rded": 72.0, "edc": 81.0, "rded_ensemble": 82.0}[name],
+                                    c.validate.baselines)
+        return {"teacher_accuracy": 100.0}
+
+    c = tiny_config("all")
+    monkeypatch.setattr(variants.stages, "run_all", lambda c, w: {
+        "validate": validate_summary(50.0, c.validate.baselines), "recover": {"teacher_accuracy": 99.0}})
+    monkeypatch.setattr(variants.stages, "run_once", run_once)
+    monkeypatch.setattr(variants, "backbone_teachers", lambda c, w: ["/b0/model", "/b1/model"])
+    monkeypatch.setattr(variants.report, "synthetic_arrays", lambda sub: (None, None, None))
+    monkeypatch.setattr(variants.report, "image_grid", lambda *a, **k: None)
+    monkeypatch.setattr(variants.report, "write_report", lambda *a, **k: None)
+    rows = {r["name"]: r for r in variants.run_variants(
+        c, str(tmp_path), only=["rded", "edc", "rded_ensemble"])}
+    assert requested == {"rded": (), "edc": ("real_soft",), "rded_ensemble": ()}
+    ensemble_random = rows[variants.ensemble_baseline_name("edc")]
+    assert ensemble_random["top1"] == 75.0 and ensemble_random["ior"] is None
+    assert rows["sre2l"]["ior"] == -20.0 and rows["rded"]["ior"] == 2.0
+    assert rows["edc"]["ior"] == 81.0 - 75.0 and rows["rded_ensemble"]["ior"] == 82.0 - 75.0
+    table = open(tmp_path / "variants" / "table.md").read()
+    assert table.index("edc's ensemble soft labels") < table.index("| edc |")

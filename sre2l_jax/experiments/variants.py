@@ -4,7 +4,9 @@ r"""SRe²L and the later recovery variants through one engine, one teacher and o
 
 Runs the plain pipeline in WORKDIR (SRe²L and the validate baselines: random real images with soft
 labels, with hard labels), then each variant's recover → relabel → validate in
-WORKDIR/variants/<name>/ with the baselines switched off, and writes WORKDIR/variants/table.md and
+WORKDIR/variants/<name>/ with the baselines switched off — except, once per list of extra teachers,
+the random real subset under that ensemble's soft labels, which the ensemble-labelled variants'
+IOR is measured against — and writes WORKDIR/variants/table.md and
 results.json (the report shows them). The multi-teacher row needs a second teacher: given with
 --extra_teachers, or trained here into WORKDIR/variants/teacher2 (twice the width, half the epochs,
 seed + 1: a different model of the same family, as G-VBSM mixes architectures).
@@ -84,6 +86,24 @@ def backbone_teachers(config, workdir: str) -> list[str]:
     return paths
 
 
+def ensemble_baseline_name(variant: str) -> str:
+    """The row of the random real subset under `variant`'s (ensemble) soft labels."""
+    return f"(a) random real + {variant}'s ensemble soft labels"
+
+
+def _variant_config(config, settings: dict, workdir: str, extra_teachers: list[str] | None):
+    """`config` with a variant's recover settings; extra teachers trained here when asked for."""
+    c = copy.deepcopy(config)
+    for key, value in settings.items():
+        if key == "extra_teachers":
+            value = tuple(backbone_teachers(config, workdir) if value == "backbones" else
+                          extra_teachers or [second_teacher(config, workdir)])
+        if key == "batch_size" and value == "all":
+            value = config.recover.ipc * config.data.num_classes
+        c.recover[key] = value
+    return c
+
+
 def _row(name: str, val: dict, rec: dict | None, random_soft: float | None = None) -> dict:
     return {"name": name, "top1": val["top1"], "top1_std": val.get("top1_std", 0.0),
             "per_seed": [p["top1"] for p in val.get("per_seed", [])],
@@ -104,23 +124,26 @@ def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
     rows += [_row(BASELINES[b], plain["validate"][b], None) for b in config.validate.baselines]
     config.recover.teacher = teachers.default_path(config, workdir)
     config.validate.baselines = ()
+    ensemble_random: dict[tuple[str, ...], float] = {}  # extra teachers -> random+soft top-1
     for name, settings in VARIANTS.items():
         if only and name not in only:
             continue
-        c = copy.deepcopy(config)
-        for key, value in settings.items():
-            if key == "extra_teachers":
-                value = tuple(backbone_teachers(config, workdir) if value == "backbones" else
-                              extra_teachers or [second_teacher(config, workdir)])
-            if key == "batch_size" and value == "all":
-                value = config.recover.ipc * config.data.num_classes
-            c.recover[key] = value
+        c = _variant_config(config, settings, workdir, extra_teachers)
+        # An ensemble labels this variant's images: its IOR is against the random subset under the
+        # same ensemble's labels (trained once per teacher list), not the teacher-labelled one.
+        ensemble = tuple(c.recover.extra_teachers)
+        if ensemble and ensemble not in ensemble_random:
+            c.validate.baselines = ("real_soft",)
         sub = os.path.join(workdir, "variants", name)
         summaries = {s: stages.run_once(c, sub, s) for s in ("recover", "relabel", "validate")}
+        if ensemble and ensemble not in ensemble_random:
+            ensemble_random[ensemble] = summaries["validate"]["real_soft"]["top1"]
+            rows.append(_row(ensemble_baseline_name(name), summaries["validate"]["real_soft"], None))
         images, labels, names = report.synthetic_arrays(sub)
         report.image_grid(images, labels, names, os.path.join(workdir, "variants", f"grid_{name}.png"),
                           title=f"variant: {name}")
-        rows.append(_row(name, summaries["validate"], summaries["recover"], random_soft))
+        rows.append(_row(name, summaries["validate"], summaries["recover"],
+                         ensemble_random[ensemble] if ensemble else random_soft))
     if jax.process_index() == 0:
         out = os.path.join(workdir, "variants")
         rows = _merge_with_earlier(os.path.join(out, "results.json"), rows)
@@ -139,7 +162,9 @@ def _merge_with_earlier(path: str, rows: list[dict]) -> list[dict]:
     with open(path) as f:
         earlier = {r["name"]: r for r in json.load(f)}
     earlier.update({r["name"]: r for r in rows})
-    order = ["sre2l", *BASELINES.values(), *VARIANTS]
+    order = ["sre2l", *BASELINES.values()]
+    for name in VARIANTS:
+        order += [ensemble_baseline_name(name), name]
     return sorted(earlier.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else 99)
 
 
@@ -147,7 +172,8 @@ def variants_table(config, rows: list[dict]) -> str:
     st = config.student
     lines = [f"{config.data.name}, IPC {config.recover.ipc}; every row: student {st.arch} width "
              f"{st.width}, {st.epochs} epochs, batch {st.batch_size}, seeds "
-             f"{list(config.validate.seeds)} (mean ± std); IOR = top-1 − random real + soft labels", "",
+             f"{list(config.validate.seeds)} (mean ± std); IOR = top-1 − random real + the same "
+             "soft labels (an ensemble's for the rows with extra teachers)", "",
              "| method | test top-1 % | holdout top-1 % | IOR | per seed | teacher acc. on images % |",
              "|---|---|---|---|---|---|"]
     for r in rows:
