@@ -1,6 +1,6 @@
 r"""Fashion-MNIST (the embedded default): 10 classes, 28×28 grayscale, from Debian's IDX files.
 
-Whole pipeline, CPU (10½-16 minutes on a 2-core VM, by CPU model; README "The default run"):
+Whole pipeline, CPU (8½-16 minutes on a 2-core VM, by CPU model; README "The default run"):
   python -m sre2l_jax.main --config=configs/fashion_mnist.py:all --workdir=workdirs/fmnist
 One stage, or a smoke run of it:
   python -m sre2l_jax.main --config=configs/fashion_mnist.py:squeeze,runlocal --workdir=/tmp/fm
