@@ -197,6 +197,9 @@ def base_config() -> ml_collections.ConfigDict:
     # RandAugment(), 2 operations at magnitude 9 of 31), sre2l_jax/randaugment.py.
     st.randaugment = 0
     st.randaugment_magnitude = 9
+    # IDC's multi-formation (sre2l_jax/data/mosaics.py): f > 1 reads each stored image as f × f
+    # cells, each resized to the full size, and gives the random real baselines the same format.
+    st.multi_formation = 1
     st.mix = "cutmix"  # none | cutmix | mixup
     st.mix_alpha = 1.0
     st.mix_prob = 1.0

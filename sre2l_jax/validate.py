@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from sre2l_jax import checkpoint, ddranking, evaluate, optim, parallel, stage_state, teachers
-from sre2l_jax.data import sources, splits
+from sre2l_jax.data import mosaics, sources, splits
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.formats.labels import StoredLabels
 from sre2l_jax.metrics import MetricsLog, mean_std_text
@@ -76,6 +76,13 @@ def real_subset(train_source, counts: np.ndarray, seed: int):
         chosen.extend(rng.choice(pool, int(k), replace=False).tolist())
     chosen = np.asarray(chosen, np.int64)
     return sources.IndexedSource(train_source, chosen, all_labels[chosen], train_source.class_names)
+
+
+def baseline_images(config, train_source, counts: np.ndarray, seed: int):
+    """The real baselines' student set for `counts` student images per class: the random subset,
+    under `student.multi_formation` = f stitched f² at a time and decoded as the synthetic set is."""
+    f, size = config.student.multi_formation, config.data.image_size
+    return mosaics.decoded(mosaics.stitched(real_subset(train_source, counts, seed), f, size), f, size)
 
 
 def run_name(entry: str, seed: int, stored: bool = False) -> str:
@@ -303,7 +310,7 @@ def _runs(config, synthetic, synthetic_hash: str, stored: StoredLabels | None) -
                 continue
             if train_source is None:
                 train_source = splits.build_source(config.data, config.data.train_split)
-            subset = real_subset(train_source, counts, seed)
+            subset = baseline_images(config, train_source, counts, seed)
             runs.append(Run(name, seed, subset, student_data.fingerprint(subset), soft=name == "real_soft"))
     return runs
 

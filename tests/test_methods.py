@@ -12,9 +12,9 @@ import pytest
 from helpers import TESTS, cli_env, idx_config, numpy_forward_stats, pngs, tiny_config, write_idx_dataset
 
 from sre2l_jax import squeeze, teachers
-from sre2l_jax.data import sources, splits
+from sre2l_jax.data import mosaics, sources, splits
 from sre2l_jax.models import apply_with_bn_stats
-from sre2l_jax.recover import class_stats, objective, rded, real_init
+from sre2l_jax.recover import class_stats, objective, rded
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +125,8 @@ def test_median_selection_takes_the_images_around_the_median_loss(data_dir, tiny
 @pytest.mark.parametrize("size", [12, 13])
 def test_stitch_puts_each_patch_in_its_cell(size):
     patches = [np.full((5, 5, 1), 10 * (k + 1), np.uint8) for k in range(4)]
-    image = real_init.stitch(patches, size, 2)
-    h = real_init.cell_sizes(size, 2)
+    image = mosaics.stitch(patches, size, 2)
+    h = mosaics.cell_sizes(size, 2)
     assert image.shape == (size, size, 1) and h[0] + h[1] == size and h[0] >= h[1]
     assert np.all(image[:h[0], :h[0]] == 10) and np.all(image[:h[0], h[0]:] == 20)
     assert np.all(image[h[0]:, :h[0]] == 30) and np.all(image[h[0]:, h[0]:] == 40)

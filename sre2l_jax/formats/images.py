@@ -15,7 +15,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from sre2l_jax.data import sources
+from sre2l_jax.data import mosaics, sources
 from sre2l_jax.stage_state import atomic_path, read_json, write_json_atomic
 
 MANIFEST = "manifest.json"
@@ -110,9 +110,11 @@ def read_set(images_dir: str, class_names: list[str], channels: int,
 
 
 def load_synthetic(config, workdir: str, teacher_meta: dict):
-    """The synthetic set relabel and validate train on, as a source in the teacher's class order."""
+    """The synthetic set relabel and validate train on, as a source in the teacher's class order
+    (each stored image's f × f cells under `student.multi_formation` = f)."""
     names = teacher_meta.get("class_names") or [str(i) for i in range(config.data.num_classes)]
-    return synthetic_source(default_dir(config, workdir), list(names), config.data.channels)[0]
+    source = synthetic_source(default_dir(config, workdir), list(names), config.data.channels)[0]
+    return mosaics.decoded(source, config.student.multi_formation, config.data.image_size)
 
 
 def grid(images: np.ndarray, labels: np.ndarray, per_class: int = 10) -> np.ndarray:

@@ -26,9 +26,10 @@ import os
 import jax
 import numpy as np
 
+from sre2l_jax.data.mosaics import stitch
 from sre2l_jax.data.transforms import rrc_params
 from sre2l_jax.formats import images as image_files
-from sre2l_jax.recover.real_init import Scorer, class_permutation, crop_to, medium_picks, stitch, train_images
+from sre2l_jax.recover.real_init import Scorer, class_permutation, crop_to, medium_picks, train_images
 
 _TAG = 0x8DED  # keeps RDED's crop draws apart from other uses of the seed
 SCORERS = ("teacher", "ensemble")

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from sre2l_jax.data import sources, splits
+from sre2l_jax.data.mosaics import stitch
 from sre2l_jax.data.transforms import EvalResize, resize_image, rrc_params
 
 MODES = ("noise", "real_random", "real_medium", "real_mosaic", "rded")
@@ -63,22 +64,6 @@ def crop_to(image: np.ndarray, box: Box, size: int) -> np.ndarray:
     top, left, h, w = box
     crop = resize_image(image[top:top + h, left:left + w], (size, size))
     return crop if crop.ndim == 3 else crop[..., None]
-
-
-def cell_sizes(size: int, factor: int) -> list[int]:
-    """Rows (or columns) of each grid cell: size // f, the first size % f of them one more."""
-    base, extra = divmod(size, factor)
-    return [base + (1 if i < extra else 0) for i in range(factor)]
-
-
-def stitch(patches: list[np.ndarray], size: int, factor: int) -> np.ndarray:
-    """f × f uint8 patches (row-major) → one size × size image, each patch resized to its cell."""
-    sizes = cell_sizes(size, factor)
-    rows = []
-    for r, h in enumerate(sizes):
-        row = [resize_image(patches[r * factor + j], (h, w)) for j, w in enumerate(sizes)]
-        rows.append(np.concatenate([p if p.ndim == 3 else p[..., None] for p in row], axis=1))
-    return np.concatenate(rows, axis=0)
 
 
 def train_images(data_cfg) -> tuple[np.ndarray, Callable[[int], np.ndarray]]:
