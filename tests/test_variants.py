@@ -237,7 +237,9 @@ def test_backbones_and_second_teacher_are_their_own_models(tmp_path, monkeypatch
 def test_ensemble_labelled_variants_are_ranked_against_random_under_the_same_labels(tmp_path,
                                                                                     monkeypatch):
     """EDC's IOR is against the random subset under EDC's ensemble labels (trained once per teacher
-    list, shared by the variants with the same backbones), RDED's against the teacher-labelled one."""
+    list, shared by the variants with the same backbones), RDED's against the teacher-labelled one,
+    RDED with multi-formation's against the random subset in the same format (at a quarter of the
+    epochs: IDC's same compute)."""
     from sre2l_jax.experiments import variants
 
     def validate_summary(top1, baselines):
@@ -250,8 +252,9 @@ def test_ensemble_labelled_variants_are_ranked_against_random_under_the_same_lab
     def run_once(c, sub, stage):
         name = os.path.basename(sub)
         if stage == "validate":
-            requested[name] = tuple(c.validate.baselines)
-            return validate_summary({"rded": 72.0, "edc": 81.0, "rded_ensemble": 82.0}[name],
+            requested[name] = (tuple(c.validate.baselines), c.student.multi_formation,
+                               c.student.epochs)
+            return validate_summary({"rded": 72.0, "edc": 81.0, "rded_ensemble": 82.0, "rded_mf": 90.0}[name],
                                     c.validate.baselines)
         return {"teacher_accuracy": 100.0}
 
@@ -264,11 +267,17 @@ def test_ensemble_labelled_variants_are_ranked_against_random_under_the_same_lab
     monkeypatch.setattr(variants.report, "image_grid", lambda *a, **k: None)
     monkeypatch.setattr(variants.report, "write_report", lambda *a, **k: None)
     rows = {r["name"]: r for r in variants.run_variants(
-        c, str(tmp_path), only=["rded", "edc", "rded_ensemble"])}
-    assert requested == {"rded": (), "edc": ("real_soft",), "rded_ensemble": ()}
-    ensemble_random = rows[variants.ensemble_baseline_name("edc")]
+        c, str(tmp_path), only=["rded", "edc", "rded_ensemble", "rded_mf"])}
+    e = c.student.epochs
+    assert requested == {"rded": ((), 1, e), "edc": (("real_soft",), 1, e), "rded_ensemble": ((), 1, e),
+                         "rded_mf": (("real_soft",), 2, e // 4)}
+    assert rows["rded_mf"]["ior"] == 90.0 - 75.0
+    assert rows[variants.own_baseline_name("rded_mf", False, 2)]["top1"] == 75.0
+    ensemble_random = rows[variants.own_baseline_name("edc", True, 1)]
     assert ensemble_random["top1"] == 75.0 and ensemble_random["ior"] is None
     assert rows["sre2l"]["ior"] == -20.0 and rows["rded"]["ior"] == 2.0
     assert rows["edc"]["ior"] == 81.0 - 75.0 and rows["rded_ensemble"]["ior"] == 82.0 - 75.0
     table = open(tmp_path / "variants" / "table.md").read()
     assert table.index("edc's ensemble soft labels") < table.index("| edc |")
+    assert table.index("| rded_ensemble |") < table.index("rded_mf's multi-formation (2×2)") < table.index(
+        "| rded_mf |")

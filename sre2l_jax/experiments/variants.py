@@ -54,6 +54,10 @@ VARIANTS = {
     "edc_rded": {**configlib.EDC_RECOVERY, "init": "rded", "extra_teachers": "backbones"},
     # RDED's images with EDC's soft labels (teacher + backbones): what the labels alone change.
     "rded_ensemble": {"method": "rded", "extra_teachers": "backbones"},
+    # IDC's multi-formation over RDED's choice: 2 × 2 of the class's easiest whole images in each
+    # stored image, the student training on each cell at full size (at IDC's same compute).
+    "rded_mf": {"method": "rded", "rded_factor": 2, "rded_crop_scale": (1.0, 1.0),
+                "student.multi_formation": 2},
 }
 BASELINES = {"real_soft": "(a) random real + soft labels", "real_hard": "(b) random real + hard labels",
              "synthetic_hard": "(c) SRe²L images + hard labels"}
@@ -86,15 +90,22 @@ def backbone_teachers(config, workdir: str) -> list[str]:
     return paths
 
 
-def ensemble_baseline_name(variant: str) -> str:
-    """The row of the random real subset under `variant`'s (ensemble) soft labels."""
-    return f"(a) random real + {variant}'s ensemble soft labels"
+def own_baseline_name(variant: str, ensemble: bool, factor: int) -> str:
+    """The row of the random real subset under `variant`'s ensemble labels and/or its format."""
+    what = [f"{variant}'s ensemble soft labels"] if ensemble else []
+    what += [f"{variant}'s multi-formation ({factor}×{factor})"] if factor > 1 else []
+    return "(a) random real + " + " and ".join(what)
 
 
 def _variant_config(config, settings: dict, workdir: str, extra_teachers: list[str] | None):
-    """`config` with a variant's recover settings; extra teachers trained here when asked for."""
+    """`config` with a variant's recover settings and multi-formation factor; extra teachers
+    trained here when asked for. Multi-formation keeps IDC's same compute: epochs ÷ f²."""
     c = copy.deepcopy(config)
     for key, value in settings.items():
+        if key == "student.multi_formation":
+            c.student.multi_formation = value
+            c.student.epochs = max(1, config.student.epochs // value ** 2)
+            continue
         if key == "extra_teachers":
             value = tuple(backbone_teachers(config, workdir) if value == "backbones" else
                           extra_teachers or [second_teacher(config, workdir)])
@@ -124,26 +135,28 @@ def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
     rows += [_row(BASELINES[b], plain["validate"][b], None) for b in config.validate.baselines]
     config.recover.teacher = teachers.default_path(config, workdir)
     config.validate.baselines = ()
-    ensemble_random: dict[tuple[str, ...], float] = {}  # extra teachers -> random+soft top-1
+    # (extra teachers, multi-formation factor) -> the random subset's top-1 under those labels
+    # and that format; the plain run's is the teacher-labelled, one-image-per-image subset.
+    own_random: dict[tuple, float] = {((), config.student.multi_formation): random_soft}
     for name, settings in VARIANTS.items():
         if only and name not in only:
             continue
         c = _variant_config(config, settings, workdir, extra_teachers)
-        # An ensemble labels this variant's images: its IOR is against the random subset under the
-        # same ensemble's labels (trained once per teacher list), not the teacher-labelled one.
-        ensemble = tuple(c.recover.extra_teachers)
-        if ensemble and ensemble not in ensemble_random:
+        # An ensemble labels this variant's images, or the student reads them as mosaics: its IOR
+        # is against the random subset under the same labels and format (trained once per pair).
+        key = (tuple(c.recover.extra_teachers), c.student.multi_formation)
+        if key not in own_random:
             c.validate.baselines = ("real_soft",)
         sub = os.path.join(workdir, "variants", name)
         summaries = {s: stages.run_once(c, sub, s) for s in ("recover", "relabel", "validate")}
-        if ensemble and ensemble not in ensemble_random:
-            ensemble_random[ensemble] = summaries["validate"]["real_soft"]["top1"]
-            rows.append(_row(ensemble_baseline_name(name), summaries["validate"]["real_soft"], None))
+        if key not in own_random:
+            own_random[key] = summaries["validate"]["real_soft"]["top1"]
+            rows.append(_row(own_baseline_name(name, bool(key[0]), key[1]),
+                             summaries["validate"]["real_soft"], None))
         images, labels, names = report.synthetic_arrays(sub)
         report.image_grid(images, labels, names, os.path.join(workdir, "variants", f"grid_{name}.png"),
                           title=f"variant: {name}")
-        rows.append(_row(name, summaries["validate"], summaries["recover"],
-                         ensemble_random[ensemble] if ensemble else random_soft))
+        rows.append(_row(name, summaries["validate"], summaries["recover"], own_random[key]))
     if jax.process_index() == 0:
         out = os.path.join(workdir, "variants")
         rows = _merge_with_earlier(os.path.join(out, "results.json"), rows)
@@ -162,10 +175,18 @@ def _merge_with_earlier(path: str, rows: list[dict]) -> list[dict]:
     with open(path) as f:
         earlier = {r["name"]: r for r in json.load(f)}
     earlier.update({r["name"]: r for r in rows})
-    order = ["sre2l", *BASELINES.values()]
-    for name in VARIANTS:
-        order += [ensemble_baseline_name(name), name]
-    return sorted(earlier.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else 99)
+    return sorted(earlier.values(), key=lambda r: _table_position(r["name"]))
+
+
+def _table_position(name: str) -> tuple[int, int]:
+    """SRe²L, the plain baselines, then each variant after its own random subset, if any."""
+    plain = ["sre2l", *BASELINES.values()]
+    if name in plain:
+        return plain.index(name), 0
+    owner = name.removeprefix("(a) random real + ").split("'s ")[0]
+    if owner not in VARIANTS:
+        return len(plain) + len(VARIANTS), 0
+    return len(plain) + list(VARIANTS).index(owner), int(owner == name)
 
 
 def variants_table(config, rows: list[dict]) -> str:
