@@ -162,6 +162,10 @@ def base_config() -> ml_collections.ConfigDict:
     r.rded_crop_scale = (0.08, 1.0)
     r.rded_factor = 1
     r.rded_scorer = "teacher"  # teacher | ensemble (teacher + extra teachers, mean logits)
+    # What the scoring model sees of a crop when f > 1: padded (RDED: the size // f patch
+    # zero-padded to size) | decoded (the patch resized back to size: what a student with
+    # student.multi_formation = f trains on).
+    r.rded_score_view = "padded"
     # loss: the lowest-loss images (RDED) | cluster: the lowest-loss image of each of ipc·f² k-means
     # clusters of the scoring model's penultimate features (diversity across the class's modes) |
     # medoid: each cluster's image nearest its mean | median: the images around the median loss.

@@ -13,6 +13,7 @@ from helpers import TESTS, cli_env, idx_config, numpy_forward_stats, pngs, tiny_
 
 from sre2l_jax import squeeze, teachers
 from sre2l_jax.data import mosaics, sources, splits
+from sre2l_jax.data.transforms import resize_image
 from sre2l_jax.models import apply_with_bn_stats
 from sre2l_jax.recover import class_stats, objective, rded
 
@@ -85,6 +86,31 @@ def test_rded_keeps_the_lowest_loss_crops(data_dir, tiny_teacher):
     best = np.argsort(brute.min(1), kind="stable")[:2]
     assert [e["sources"][0] for e in out] == [int(pool[i]) for i in best]
     assert [e["boxes"][0] for e in out] == [list(boxes[i][int(np.argmin(brute[i]))]) for i in best]
+
+
+def test_rded_decoded_view_scores_each_crop_as_a_multi_formation_student_sees_it(data_dir, tiny_teacher):
+    """With f = 2 and rded_score_view=decoded a crop is scored at size // 2 resized back to size
+    (brute force), not zero-padded; the stored image holds the chosen patches, each cell decoding
+    to the view that was scored."""
+    model, variables, path = tiny_teacher
+    c = idx_config(data_dir, path, rded_pool=8, rded_crops=2, ipc=1, rded_factor=2,
+                   rded_score_view="decoded")
+    sel = rded.Selector(c, model, variables)
+    pool, boxes = sel.candidates(2)
+    losses, _ = sel.scores(2, pool, boxes)
+    brute = np.zeros((8, 2))
+    for i, image in enumerate(pool):
+        for j, box in enumerate(boxes[i]):
+            view = resize_image(rded.crop_to(sel.load(image), box, 6), (12, 12))
+            logits = model.apply(variables, jnp.asarray(sel.scorer.normalize(view)[None]), train=False)
+            brute[i, j] = -float(jax.nn.log_softmax(logits)[0, 2])
+    np.testing.assert_allclose(losses, brute, rtol=1e-4, atol=1e-5)
+    (out,) = sel.class_images(2, 1)
+    best = np.argsort(brute.min(1), kind="stable")[:4]
+    assert out["sources"] == [int(pool[i]) for i in best]
+    for j, i in enumerate(best):
+        view = resize_image(rded.crop_to(sel.load(pool[i]), boxes[i][int(np.argmin(brute[i]))], 6), (12, 12))
+        np.testing.assert_array_equal(resize_image(mosaics.cell(out["image"], j, 2), (12, 12)), view)
 
 
 def test_cluster_selection_takes_the_lowest_loss_image_of_each_mode():

@@ -3,7 +3,8 @@
 Per class c, over `rded_pool` real train images of c (the class's seeded order, as real_init's):
   1. `rded_crops` RandomResizedCrop(size // f, scale=rded_crop_scale, ratio 1) boxes per image;
   2. each crop, resized to size // f and zero-padded (centred, in normalized space: the mean
-     colour) to size × size, is scored by the scoring model's cross-entropy on c;
+     colour) to size × size — or, with `rded_score_view=decoded`, resized on to size × size, the
+     view a multi-formation student trains on — is scored by the scoring model's cross-entropy on c;
   3. every image keeps its lowest-loss crop, and the ipc·f² images with the lowest loss are kept,
      best first (`rded_select=loss`, RDED); or, with `rded_select=cluster`, the pool's best crops
      are split into ipc·f² k-means clusters of the scoring model's penultimate features and each
@@ -34,6 +35,7 @@ from sre2l_jax.recover.real_init import Scorer, class_permutation, crop_to, medi
 _TAG = 0x8DED  # keeps RDED's crop draws apart from other uses of the seed
 SCORERS = ("teacher", "ensemble")
 SELECTIONS = ("loss", "cluster", "medoid", "median")
+SCORE_VIEWS = ("padded", "decoded")
 _KMEANS_ITERATIONS = 100
 
 
@@ -102,6 +104,8 @@ class Selector:
             raise ValueError(f"unknown recover.rded_scorer {rc.rded_scorer!r}; known: {SCORERS}")
         if rc.rded_select not in SELECTIONS:
             raise ValueError(f"unknown recover.rded_select {rc.rded_select!r}; known: {SELECTIONS}")
+        if rc.rded_score_view not in SCORE_VIEWS:
+            raise ValueError(f"unknown recover.rded_score_view {rc.rded_score_view!r}; known: {SCORE_VIEWS}")
         if rc.rded_factor < 1 or dc.image_size // rc.rded_factor < 1:
             raise ValueError(f"recover.rded_factor={rc.rded_factor} must be ≥ 1 and ≤ the image size")
         self.rc, self.seed, self.size, self.factor = rc, config.seed, dc.image_size, rc.rded_factor
@@ -118,11 +122,14 @@ class Selector:
         return pool, boxes
 
     def scores(self, c: int, pool: np.ndarray, boxes: list[list[tuple]]) -> tuple[np.ndarray, np.ndarray]:
-        """Cross-entropy on class c of every (image, crop) [images, crops], scored at size × size,
-        and the scoring model's penultimate features of each [images, crops, D]."""
+        """Cross-entropy on class c of every (image, crop) [images, crops], scored at size × size
+        (`rded_score_view`), and the scoring model's penultimate features of each [images, crops, D]."""
         patch = self.size // self.factor
-        crops = np.stack([crop_to(self.load(i), box, patch) for i, bs in zip(pool, boxes) for box in bs])
-        x = pad_center(self.scorer.normalize(crops), self.size)
+        crops = [crop_to(self.load(i), box, patch) for i, bs in zip(pool, boxes) for box in bs]
+        if self.rc.rded_score_view == "decoded":
+            x = self.scorer.normalize(np.stack([crop_to(p, (0, 0, patch, patch), self.size) for p in crops]))
+        else:
+            x = pad_center(self.scorer.normalize(np.stack(crops)), self.size)
         probs, features = self.scorer.probabilities_and_features(x)
         losses = -np.log(np.maximum(probs[:, c], 1e-30)).reshape(len(pool), -1)
         return losses, features.reshape(*losses.shape, -1)
