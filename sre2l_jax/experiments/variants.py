@@ -54,10 +54,11 @@ VARIANTS = {
     "edc_rded": {**configlib.EDC_RECOVERY, "init": "rded", "extra_teachers": "backbones"},
     # RDED's images with EDC's soft labels (teacher + backbones): what the labels alone change.
     "rded_ensemble": {"method": "rded", "extra_teachers": "backbones"},
-    # IDC's multi-formation over RDED's choice: 2 × 2 of the class's easiest whole images in each
-    # stored image, the student training on each cell at full size (at IDC's same compute).
+    # IDC's multi-formation over RDED's choice: 2 × 2 of the class's easiest whole images (scored
+    # as the student will see them) in each stored image, the student training on each cell at
+    # full size (at IDC's same compute).
     "rded_mf": {"method": "rded", "rded_factor": 2, "rded_crop_scale": (1.0, 1.0),
-                "student.multi_formation": 2},
+                "rded_score_view": "decoded", "student.multi_formation": 2},
 }
 BASELINES = {"real_soft": "(a) random real + soft labels", "real_hard": "(b) random real + hard labels",
              "synthetic_hard": "(c) SRe²L images + hard labels"}
