@@ -105,7 +105,9 @@ def _variant_config(config, settings: dict, workdir: str, extra_teachers: list[s
     for key, value in settings.items():
         if key == "student.multi_formation":
             c.student.multi_formation = value
-            c.student.epochs = max(1, config.student.epochs // value ** 2)
+            # the same steps as the plain run, whatever factor its config has
+            c.student.epochs = max(1, config.student.epochs * config.student.multi_formation ** 2
+                                   // value ** 2)
             continue
         if key == "extra_teachers":
             value = tuple(backbone_teachers(config, workdir) if value == "backbones" else
