@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from sre2l_jax import teachers
-from sre2l_jax.data import mosaics, sources, splits
+from sre2l_jax.data import sources, splits
 from sre2l_jax.data.transforms import EvalResize, resize_image
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.metrics import mean_std_text, read_jsonl
@@ -199,8 +199,7 @@ def real_subset_grid(config, workdir: str, labels: np.ndarray, names: list[str],
     f = config.student.multi_formation
     counts = np.bincount(labels, minlength=config.data.num_classes) * f * f
     source = splits.build_source(config.data, "train")
-    subset = mosaics.stitched(validate.real_subset(source, counts, config.validate.seeds[0]), f,
-                              config.data.image_size)
+    subset = validate.baseline_mosaics(config, source, counts, config.validate.seeds[0])
     fit = EvalResize(config.data.image_size, config.data.image_size)  # as the students see them
     images = np.stack([fit.map(subset[i])["image"] for i in range(len(subset))])
     real_labels = sources.source_labels(subset)

@@ -78,11 +78,17 @@ def real_subset(train_source, counts: np.ndarray, seed: int):
     return sources.IndexedSource(train_source, chosen, all_labels[chosen], train_source.class_names)
 
 
+def baseline_mosaics(config, train_source, counts: np.ndarray, seed: int):
+    """The real baselines' images as stored: the random subset of `counts` images per class, under
+    `student.multi_formation` = f stitched f² at a time (as the report shows them)."""
+    f = config.student.multi_formation
+    return mosaics.stitched(real_subset(train_source, counts, seed), f, config.data.image_size)
+
+
 def baseline_images(config, train_source, counts: np.ndarray, seed: int):
-    """The real baselines' student set for `counts` student images per class: the random subset,
-    under `student.multi_formation` = f stitched f² at a time and decoded as the synthetic set is."""
-    f, size = config.student.multi_formation, config.data.image_size
-    return mosaics.decoded(mosaics.stitched(real_subset(train_source, counts, seed), f, size), f, size)
+    """The real baselines' student set: `baseline_mosaics` decoded as the synthetic set is."""
+    return mosaics.decoded(baseline_mosaics(config, train_source, counts, seed),
+                           config.student.multi_formation, config.data.image_size)
 
 
 def run_name(entry: str, seed: int, stored: bool = False) -> str:

@@ -67,8 +67,8 @@ class Decoded:
     def __getitem__(self, i: int) -> dict:
         k, j = divmod(int(i), self.cells)
         mosaic = np.asarray(self.fit.map(self.source[k])["image"])
-        image = resize_image(cell(mosaic, j, self.factor), mosaic.shape[:2])
-        return {"image": image if image.ndim == 3 else image[..., None], "label": int(self.labels[i])}
+        return {"image": resize_image(cell(mosaic, j, self.factor), mosaic.shape[:2]),
+                "label": int(self.labels[i])}
 
 
 class Stitched:

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from sre2l_jax.data.mosaics import stitch
-from sre2l_jax.data.transforms import rrc_params
+from sre2l_jax.data.transforms import resize_image, rrc_params
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.recover.real_init import Scorer, class_permutation, crop_to, medium_picks, train_images
 
@@ -127,7 +127,7 @@ class Selector:
         patch = self.size // self.factor
         crops = [crop_to(self.load(i), box, patch) for i, bs in zip(pool, boxes) for box in bs]
         if self.rc.rded_score_view == "decoded":
-            x = self.scorer.normalize(np.stack([crop_to(p, (0, 0, patch, patch), self.size) for p in crops]))
+            x = self.scorer.normalize(np.stack([resize_image(p, (self.size, self.size)) for p in crops]))
         else:
             x = pad_center(self.scorer.normalize(np.stack(crops)), self.size)
         probs, features = self.scorer.probabilities_and_features(x)
