@@ -412,11 +412,15 @@ def small_image_recipe(c: ml_collections.ConfigDict, width: int = 8, ipc: int = 
     st = c.student
     st.update(STUDENT_RECIPES["edc"])
     st.arch, st.width = "resnet18", width
+    # A patient student (Beyer et al., "Knowledge distillation: a good teacher is patient and
+    # consistent", CVPR 2022): 2000 epochs instead of EDC's 1000, chosen on the holdout (README
+    # "A patient student"): SRe²L 83.38 → 85.56, random+soft 86.96 → 89.06 holdout top-1, seed 0.
+    st.epochs = 2000
     # Validate's short epochs (4 steps) made its bookkeeping expensive: evaluating on the 10k test
     # images every 100 epochs (1.7 s each) and an Orbax save every 50 (0.5 s each, waited for) were
     # 106 of its 417 s (2-core VM, README "The default run"). Midway and final accuracy, 1 save per run.
-    st.eval_every_epochs = 500
-    c.validate.checkpoint_every_epochs = 500
+    st.eval_every_epochs = 1000
+    c.validate.checkpoint_every_epochs = 1000
 
 
 def tiny_imagenet_recipe(c: ml_collections.ConfigDict, arch: str = "resnet18", ipc: int = 50) -> None:
