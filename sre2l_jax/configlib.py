@@ -166,6 +166,9 @@ def base_config() -> ml_collections.ConfigDict:
     # zero-padded to size) | decoded (the patch resized back to size: what a student with
     # student.multi_formation = f trains on).
     r.rded_score_view = "padded"
+    # rded_bits b < 8 packs 8 / b selected images at b bits into each stored image (what a student
+    # with student.bit_depth = b reads); crops are scored quantized, as the student will see them.
+    r.rded_bits = 8
     # loss: the lowest-loss images (RDED) | cluster: the lowest-loss image of each of ipc·f² k-means
     # clusters of the scoring model's penultimate features (diversity across the class's modes) |
     # medoid: each cluster's image nearest its mean | median: the images around the median loss.
@@ -204,6 +207,9 @@ def base_config() -> ml_collections.ConfigDict:
     # IDC's multi-formation (sre2l_jax/data/mosaics.py): f > 1 reads each stored image as f × f
     # cells, each resized to the full size, and gives the random real baselines the same format.
     st.multi_formation = 1
+    # Bit planes (sre2l_jax/data/mosaics.py): b < 8 reads each stored image as 8 / b images at b
+    # bits per pixel (same bytes, more images), and gives the random real baselines the same format.
+    st.bit_depth = 8
     st.mix = "cutmix"  # none | cutmix | mixup
     st.mix_alpha = 1.0
     st.mix_prob = 1.0

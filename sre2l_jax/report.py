@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from sre2l_jax import teachers
-from sre2l_jax.data import sources, splits
+from sre2l_jax.data import mosaics, sources, splits
 from sre2l_jax.data.transforms import EvalResize, resize_image
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.metrics import mean_std_text, read_jsonl
@@ -191,13 +191,13 @@ def per_class_plot(workdir: str, names: list[str], path: str) -> bool:
 
 def real_subset_grid(config, workdir: str, labels: np.ndarray, names: list[str], path: str) -> bool:
     """The random real subset the `real_*` baselines of the first seed train on, as a grid (as
-    mosaics under multi-formation, like the synthetic grid)."""
+    mosaics or bit-packed images under multi-formation or bit planes, like the synthetic grid)."""
     from sre2l_jax import validate
 
     if not set(config.validate.baselines) & {"real_soft", "real_hard"}:
         return False
-    f = config.student.multi_formation
-    counts = np.bincount(labels, minlength=config.data.num_classes) * f * f
+    per_stored = mosaics.images_per_stored(config.student.multi_formation, config.student.bit_depth)
+    counts = np.bincount(labels, minlength=config.data.num_classes) * per_stored
     source = splits.build_source(config.data, "train")
     subset = validate.baseline_mosaics(config, source, counts, config.validate.seeds[0])
     fit = EvalResize(config.data.image_size, config.data.image_size)  # as the students see them

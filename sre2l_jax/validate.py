@@ -80,15 +80,18 @@ def real_subset(train_source, counts: np.ndarray, seed: int):
 
 def baseline_mosaics(config, train_source, counts: np.ndarray, seed: int):
     """The real baselines' images as stored: the random subset of `counts` images per class, under
-    `student.multi_formation` = f stitched f² at a time (as the report shows them)."""
-    f = config.student.multi_formation
-    return mosaics.stitched(real_subset(train_source, counts, seed), f, config.data.image_size)
+    `student.multi_formation` = f stitched f² at a time and under `student.bit_depth` = b packed
+    8 / b at a time (as the report shows them)."""
+    st = config.student
+    return mosaics.stitched(real_subset(train_source, counts, seed), st.multi_formation,
+                            config.data.image_size, st.bit_depth)
 
 
 def baseline_images(config, train_source, counts: np.ndarray, seed: int):
     """The real baselines' student set: `baseline_mosaics` decoded as the synthetic set is."""
     return mosaics.decoded(baseline_mosaics(config, train_source, counts, seed),
-                           config.student.multi_formation, config.data.image_size)
+                           config.student.multi_formation, config.data.image_size,
+                           config.student.bit_depth)
 
 
 def run_name(entry: str, seed: int, stored: bool = False) -> str:

@@ -113,6 +113,30 @@ def test_rded_decoded_view_scores_each_crop_as_a_multi_formation_student_sees_it
         np.testing.assert_array_equal(resize_image(mosaics.cell(out["image"], j, 2), (12, 12)), view)
 
 
+def test_rded_bit_planes_score_quantized_crops_and_pack_the_chosen_ones(data_dir, tiny_teacher):
+    """With rded_bits=4 a crop is scored at 4 bits (brute force) and each stored image packs two
+    chosen crops, plane p holding the (p·ipc + k)-th best: unpacked, each is its crop at 4 bits."""
+    model, variables, path = tiny_teacher
+    c = idx_config(data_dir, path, rded_pool=8, rded_crops=2, ipc=2, rded_bits=4)
+    sel = rded.Selector(c, model, variables)
+    pool, boxes = sel.candidates(3)
+    losses, _ = sel.scores(3, pool, boxes)
+    quantized = [[mosaics.dequantize(mosaics.quantize(rded.crop_to(sel.load(i), box, 12), 4), 4)
+                  for box in boxes[n]] for n, i in enumerate(pool)]
+    brute = np.array([[-float(jax.nn.log_softmax(model.apply(
+        variables, jnp.asarray(sel.scorer.normalize(q)[None]), train=False))[0, 3]) for q in row]
+        for row in quantized])
+    np.testing.assert_allclose(losses, brute, rtol=1e-4, atol=1e-5)
+    out = sel.class_images(3, 2)
+    best = np.argsort(brute.min(1), kind="stable")[:4]
+    for k, e in enumerate(out):
+        assert e["sources"] == [int(pool[best[k]]), int(pool[best[2 + k]])]
+        for p in range(2):
+            i = best[p * 2 + k]
+            np.testing.assert_array_equal(mosaics.unpack(e["image"], p, 4),
+                                          quantized[i][int(np.argmin(brute[i]))])
+
+
 def test_cluster_selection_takes_the_lowest_loss_image_of_each_mode():
     """Three well-separated feature blobs: one pick per blob, the blob's lowest-loss member, and the
     picks ordered by loss; the two lowest-loss images overall sit in one blob, so plain RDED

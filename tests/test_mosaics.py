@@ -92,3 +92,43 @@ def test_students_load_the_decoded_set_and_baselines_in_the_same_format(tmp_path
     for i in range(32):
         np.testing.assert_array_equal(baseline[i]["image"], resize_image(resize_image(
             subset[i]["image"], (6, 6)), (12, 12)))
+
+
+@pytest.mark.parametrize("bits", [4, 2, 1])
+def test_bit_planes_pack_and_unpack_every_image_at_its_nearest_level(bits):
+    """Packing 8 / b real images and unpacking plane p gives image p at the nearest of the 2^b
+    levels q · 255 / L (checked pixel by pixel against a float computation); plane 0 is in the
+    high bits, so the stored image reads as image 0."""
+    planes, levels = 8 // bits, (1 << bits) - 1
+    images = _random_images(2 * planes, 12, seed=bits)
+    real = _Arrays(images, [0] * planes + [1] * planes)
+    packed = mosaics.Packed(real, bits, 12)
+    out = mosaics.Unpacked(packed, bits, 12)
+    assert len(packed) == 2 and len(out) == 2 * planes
+    assert sources.source_labels(out).tolist() == real.labels.tolist()
+    for i in range(2 * planes):
+        x = images[i].astype(np.float64)
+        nearest = np.round(x * levels / 255) * (255 / levels)
+        np.testing.assert_array_equal(out[i]["image"], nearest.astype(np.uint8))
+        assert np.abs(out[i]["image"].astype(int) - images[i]).max() <= 255 / levels / 2 + 0.5
+    high = (packed[0]["image"] >> (8 - bits)).astype(np.float64) * (255 // levels)
+    np.testing.assert_array_equal(high, out[0]["image"])
+
+
+def test_bit_planes_of_mosaics_and_bad_inputs():
+    """Bits and mosaics compose: a 4-bit, 2 × 2 stored image holds 8 images, each decoded at its
+    cell's resolution and 4 bits, in the real subset's order; packing two classes, a bit depth
+    of 3 or a resized packed image is an error."""
+    images = _random_images(8, 12, seed=7)
+    real = _Arrays(images, [0] * 8)
+    out = mosaics.decoded(mosaics.stitched(real, 2, 12, 4), 2, 12, 4)
+    assert len(out) == 8 and mosaics.images_per_stored(2, 4) == 8
+    for i in range(8):
+        cell = mosaics.dequantize(mosaics.quantize(resize_image(images[i], (6, 6)), 4), 4)
+        np.testing.assert_array_equal(out[i]["image"], resize_image(cell, (12, 12)))
+    with pytest.raises(ValueError, match="2 images of one class"):
+        mosaics.Packed(_Arrays(_random_images(4, 12), [0, 1, 1, 1]), 4, 12)
+    with pytest.raises(ValueError, match="bit_depth=3"):
+        mosaics.decoded(real, 1, 12, 3)
+    with pytest.raises(ValueError, match="never resized"):
+        mosaics.Unpacked(_Arrays(_random_images(1, 14), [0]), 4, 12)[0]

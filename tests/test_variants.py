@@ -238,8 +238,8 @@ def test_ensemble_labelled_variants_are_ranked_against_random_under_the_same_lab
                                                                                     monkeypatch):
     """EDC's IOR is against the random subset under EDC's ensemble labels (trained once per teacher
     list, shared by the variants with the same backbones), RDED's against the teacher-labelled one,
-    RDED with multi-formation's against the random subset in the same format (at a quarter of the
-    epochs: IDC's same compute)."""
+    RDED with multi-formation's (bit planes') against the random subset in the same format (at a
+    quarter (half) of the epochs: IDC's same compute)."""
     from sre2l_jax.experiments import variants
 
     def validate_summary(top1, baselines):
@@ -253,9 +253,9 @@ def test_ensemble_labelled_variants_are_ranked_against_random_under_the_same_lab
         name = os.path.basename(sub)
         if stage == "validate":
             requested[name] = (tuple(c.validate.baselines), c.student.multi_formation,
-                               c.student.epochs)
-            return validate_summary({"rded": 72.0, "edc": 81.0, "rded_ensemble": 82.0, "rded_mf": 90.0}[name],
-                                    c.validate.baselines)
+                               c.student.bit_depth, c.student.epochs)
+            return validate_summary({"rded": 72.0, "edc": 81.0, "rded_ensemble": 82.0, "rded_mf": 90.0,
+                                     "rded_b4": 88.0}[name], c.validate.baselines)
         return {"teacher_accuracy": 100.0}
 
     c = tiny_config("all")
@@ -267,11 +267,12 @@ def test_ensemble_labelled_variants_are_ranked_against_random_under_the_same_lab
     monkeypatch.setattr(variants.report, "image_grid", lambda *a, **k: None)
     monkeypatch.setattr(variants.report, "write_report", lambda *a, **k: None)
     rows = {r["name"]: r for r in variants.run_variants(
-        c, str(tmp_path), only=["rded", "edc", "rded_ensemble", "rded_mf"])}
+        c, str(tmp_path), only=["rded", "edc", "rded_ensemble", "rded_mf", "rded_b4"])}
     e = c.student.epochs
-    assert requested == {"rded": ((), 1, e), "edc": (("real_soft",), 1, e), "rded_ensemble": ((), 1, e),
-                         "rded_mf": (("real_soft",), 2, e // 4)}
-    assert rows["rded_mf"]["ior"] == 90.0 - 75.0
+    assert requested == {"rded": ((), 1, 8, e), "edc": (("real_soft",), 1, 8, e), "rded_ensemble": ((), 1, 8, e),
+                         "rded_mf": (("real_soft",), 2, 8, e // 4), "rded_b4": (("real_soft",), 1, 4, e // 2)}
+    assert rows["rded_mf"]["ior"] == 90.0 - 75.0 and rows["rded_b4"]["ior"] == 88.0 - 75.0
+    assert rows[variants.own_baseline_name("rded_b4", False, 1, 4)]["top1"] == 75.0
     assert rows[variants.own_baseline_name("rded_mf", False, 2)]["top1"] == 75.0
     ensemble_random = rows[variants.own_baseline_name("edc", True, 1)]
     assert ensemble_random["top1"] == 75.0 and ensemble_random["ior"] is None

@@ -1,4 +1,5 @@
-"""Mosaics: f × f smaller images in one stored image — RDED's stitching and IDC's multi-formation.
+"""Formations: several images in one stored image — RDED's stitching, IDC's multi-formation and
+bit planes.
 
 With `student.multi_formation = f > 1` the student reads every stored image as a mosaic of f × f
 cells (RDED's stitching geometry, `recover.rded_factor`: row-major, a cell size // f pixels, the
@@ -7,6 +8,14 @@ full size, as an image of the mosaic's class: IPC stored images become IPC·f² 
 the resolution, in the same pixels on disk. The random real baselines get the same format — f²
 random real images stitched into each stored image, then decoded — so a method's IOR measures
 its choice of images, not the format.
+
+With `student.bit_depth = b < 8` every stored 8-bit pixel holds the pixels of k = 8 / b images,
+each quantized to b bits (levels round(x · L / 255), L = 2^b − 1; image 0 in the high bits, so the
+stored image looks like image 0 at b bits): IPC stored images become IPC·k images at b bits, in
+the same bytes. Decoding gives level q the value q · 255 / L (exact: L divides 255). Bit planes
+and mosaics combine: a stored image's plane p is itself a mosaic when f > 1 (item
+(s·k + p)·f² + j). Packed images must be stored losslessly at the image size: resizing or JPEG
+would mix the planes.
 """
 
 from __future__ import annotations
@@ -95,11 +104,103 @@ class Stitched:
         return {"image": stitch(patches, self.size, self.factor), "label": int(self.labels[k])}
 
 
-def decoded(source: Any, factor: int, size: int) -> Any:
-    """What the student trains on when `source` holds mosaics: `source` itself at f = 1."""
-    return source if factor == 1 else Decoded(source, factor, size)
+BIT_DEPTHS = (8, 4, 2, 1)
 
 
-def stitched(source: Any, factor: int, size: int) -> Any:
-    """Real images as they would be stored under multi-formation: `source` itself at f = 1."""
-    return source if factor == 1 else Stitched(source, factor, size)
+def check_bits(bits: int) -> None:
+    if bits not in BIT_DEPTHS:
+        raise ValueError(f"student.bit_depth={bits} must be one of {BIT_DEPTHS} (8: off; b packs "
+                         "8 / b images at b bits into each stored image)")
+
+
+def quantize(image: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 pixels → their nearest of the 2^bits levels q (as uint8 level numbers 0..L)."""
+    levels = (1 << bits) - 1
+    return ((image.astype(np.int32) * levels + 127) // 255).astype(np.uint8)
+
+
+def dequantize(levels_image: np.ndarray, bits: int) -> np.ndarray:
+    """Level numbers → uint8 pixels q · 255 / L."""
+    return (levels_image.astype(np.int32) * (255 // ((1 << bits) - 1))).astype(np.uint8)
+
+
+def pack(images: list[np.ndarray], bits: int) -> np.ndarray:
+    """8 / bits uint8 images of one shape → one uint8 image, image 0 in the highest bits."""
+    if len(images) != 8 // bits:
+        raise ValueError(f"{bits}-bit packing holds {8 // bits} images, got {len(images)}")
+    out = np.zeros(images[0].shape, np.int32)
+    for p, image in enumerate(images):
+        out |= quantize(image, bits).astype(np.int32) << (bits * (8 // bits - 1 - p))
+    return out.astype(np.uint8)
+
+
+def unpack(stored: np.ndarray, plane: int, bits: int) -> np.ndarray:
+    """Image `plane` of a packed uint8 image, dequantized."""
+    shift = bits * (8 // bits - 1 - plane)
+    return dequantize((stored.astype(np.int32) >> shift) & ((1 << bits) - 1), bits)
+
+
+class Unpacked:
+    """`source`'s packed images as 8 / bits images each: item i is plane i % k of image i // k."""
+
+    def __init__(self, source: Any, bits: int, size: int):
+        check_bits(bits)
+        self.source, self.bits, self.size, self.planes = source, bits, size, 8 // bits
+        self.labels = np.repeat(source_labels(source), self.planes)
+        self.class_names = list(source.class_names)
+        self.channels = getattr(source, "channels", None)
+
+    def __len__(self) -> int:
+        return len(self.source) * self.planes
+
+    def __getitem__(self, i: int) -> dict:
+        k, p = divmod(int(i), self.planes)
+        stored = np.asarray(self.source[k]["image"])
+        if stored.shape[:2] != (self.size, self.size):
+            raise ValueError(f"a {self.bits}-bit packed image is {stored.shape[1]}×{stored.shape[0]}, "
+                             f"not the image size {self.size}²: packed images are never resized "
+                             "(it would mix their bit planes); store them at the image size")
+        return {"image": unpack(stored, p, self.bits), "label": int(self.labels[i])}
+
+
+class Packed:
+    """`source` (8 / bits consecutive images of one class per stored image) packed into bit planes."""
+
+    def __init__(self, source: Any, bits: int, size: int):
+        check_bits(bits)
+        labels, planes = source_labels(source), 8 // bits
+        if len(labels) % planes or np.any(labels.reshape(-1, planes) != labels[::planes, None]):
+            raise ValueError(f"bit planes: {len(labels)} images do not split into stored images of "
+                             f"{planes} images of one class each")
+        self.source, self.bits, self.planes = source, bits, planes
+        self.fit = EvalResize(size, size)  # as the student pipeline fits an image (no squash)
+        self.labels = labels[::planes]
+        self.class_names = list(source.class_names)
+        self.channels = getattr(source, "channels", None)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, k: int) -> dict:
+        images = [np.asarray(self.fit.map(self.source[int(k) * self.planes + p])["image"])
+                  for p in range(self.planes)]
+        return {"image": pack(images, self.bits), "label": int(self.labels[k])}
+
+
+def images_per_stored(factor: int, bits: int) -> int:
+    """How many images the student reads from each stored image."""
+    return factor * factor * (8 // bits)
+
+
+def decoded(source: Any, factor: int, size: int, bits: int = 8) -> Any:
+    """What the student trains on when `source` holds mosaics and/or bit planes: `source` itself
+    at f = 1 and 8 bits."""
+    planes = source if bits == 8 else Unpacked(source, bits, size)
+    return planes if factor == 1 else Decoded(planes, factor, size)
+
+
+def stitched(source: Any, factor: int, size: int, bits: int = 8) -> Any:
+    """Real images as they would be stored under multi-formation and/or bit planes: `source`
+    itself at f = 1 and 8 bits."""
+    mosaics = source if factor == 1 else Stitched(source, factor, size)
+    return mosaics if bits == 8 else Packed(mosaics, bits, size)

@@ -22,6 +22,7 @@ import jax
 from absl import flags
 
 from sre2l_jax import configlib, report, squeeze, stages, teachers
+from sre2l_jax.data import mosaics
 from sre2l_jax import main as cli
 from sre2l_jax.metrics import mean_std_text
 from sre2l_jax.stage_state import write_json_atomic, write_text_atomic
@@ -59,6 +60,9 @@ VARIANTS = {
     # full size (at IDC's same compute).
     "rded_mf": {"method": "rded", "rded_factor": 2, "rded_crop_scale": (1.0, 1.0),
                 "rded_score_view": "decoded", "student.multi_formation": 2},
+    # Bit planes over RDED's choice: 2 of the class's easiest crops at 4 bits in each stored image
+    # (the same bytes), the student reading both (at the same compute).
+    "rded_b4": {"method": "rded", "rded_bits": 4, "student.bit_depth": 4},
 }
 BASELINES = {"real_soft": "(a) random real + soft labels", "real_hard": "(b) random real + hard labels",
              "synthetic_hard": "(c) SRe²L images + hard labels"}
@@ -91,23 +95,22 @@ def backbone_teachers(config, workdir: str) -> list[str]:
     return paths
 
 
-def own_baseline_name(variant: str, ensemble: bool, factor: int) -> str:
+def own_baseline_name(variant: str, ensemble: bool, factor: int, bits: int = 8) -> str:
     """The row of the random real subset under `variant`'s ensemble labels and/or its format."""
     what = [f"{variant}'s ensemble soft labels"] if ensemble else []
     what += [f"{variant}'s multi-formation ({factor}×{factor})"] if factor > 1 else []
+    what += [f"{variant}'s {bits}-bit planes"] if bits < 8 else []
     return "(a) random real + " + " and ".join(what)
 
 
 def _variant_config(config, settings: dict, workdir: str, extra_teachers: list[str] | None):
-    """`config` with a variant's recover settings and multi-formation factor; extra teachers
-    trained here when asked for. Multi-formation keeps IDC's same compute: epochs ÷ f²."""
+    """`config` with a variant's recover settings and student format (multi-formation factor, bit
+    depth); extra teachers trained here when asked for. A format that gives the student n× the
+    images keeps IDC's same compute: epochs ÷ n."""
     c = copy.deepcopy(config)
     for key, value in settings.items():
-        if key == "student.multi_formation":
-            c.student.multi_formation = value
-            # the same steps as the plain run, whatever factor its config has
-            c.student.epochs = max(1, config.student.epochs * config.student.multi_formation ** 2
-                                   // value ** 2)
+        if key in ("student.multi_formation", "student.bit_depth"):
+            c.student[key.split(".")[1]] = value
             continue
         if key == "extra_teachers":
             value = tuple(backbone_teachers(config, workdir) if value == "backbones" else
@@ -115,6 +118,10 @@ def _variant_config(config, settings: dict, workdir: str, extra_teachers: list[s
         if key == "batch_size" and value == "all":
             value = config.recover.ipc * config.data.num_classes
         c.recover[key] = value
+    plain, st = config.student, c.student
+    # the same steps as the plain run, whatever format its config has
+    c.student.epochs = max(1, plain.epochs * mosaics.images_per_stored(plain.multi_formation, plain.bit_depth)
+                           // mosaics.images_per_stored(st.multi_formation, st.bit_depth))
     return c
 
 
@@ -140,21 +147,22 @@ def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
     config.validate.baselines = ()
     # (extra teachers, multi-formation factor) -> the random subset's top-1 under those labels
     # and that format; the plain run's is the teacher-labelled, one-image-per-image subset.
-    own_random: dict[tuple, float] = {((), config.student.multi_formation): random_soft}
+    own_random: dict[tuple, float] = {((), config.student.multi_formation, config.student.bit_depth):
+                                      random_soft}
     for name, settings in VARIANTS.items():
         if only and name not in only:
             continue
         c = _variant_config(config, settings, workdir, extra_teachers)
         # An ensemble labels this variant's images, or the student reads them as mosaics: its IOR
         # is against the random subset under the same labels and format (trained once per pair).
-        key = (tuple(c.recover.extra_teachers), c.student.multi_formation)
+        key = (tuple(c.recover.extra_teachers), c.student.multi_formation, c.student.bit_depth)
         if key not in own_random:
             c.validate.baselines = ("real_soft",)
         sub = os.path.join(workdir, "variants", name)
         summaries = {s: stages.run_once(c, sub, s) for s in ("recover", "relabel", "validate")}
         if key not in own_random:
             own_random[key] = summaries["validate"]["real_soft"]["top1"]
-            rows.append(_row(own_baseline_name(name, bool(key[0]), key[1]),
+            rows.append(_row(own_baseline_name(name, bool(key[0]), key[1], key[2]),
                              summaries["validate"]["real_soft"], None))
         images, labels, names = report.synthetic_arrays(sub)
         report.image_grid(images, labels, names, os.path.join(workdir, "variants", f"grid_{name}.png"),

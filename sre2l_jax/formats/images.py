@@ -111,10 +111,12 @@ def read_set(images_dir: str, class_names: list[str], channels: int,
 
 def load_synthetic(config, workdir: str, teacher_meta: dict):
     """The synthetic set relabel and validate train on, as a source in the teacher's class order
-    (each stored image's f × f cells under `student.multi_formation` = f)."""
+    (each stored image's f × f cells under `student.multi_formation` = f, its 8 / b bit planes
+    under `student.bit_depth` = b)."""
     names = teacher_meta.get("class_names") or [str(i) for i in range(config.data.num_classes)]
     source = synthetic_source(default_dir(config, workdir), list(names), config.data.channels)[0]
-    return mosaics.decoded(source, config.student.multi_formation, config.data.image_size)
+    return mosaics.decoded(source, config.student.multi_formation, config.data.image_size,
+                           config.student.bit_depth)
 
 
 def grid(images: np.ndarray, labels: np.ndarray, per_class: int = 10) -> np.ndarray:

@@ -14,7 +14,9 @@ Per class c, over `rded_pool` real train images of c (the class's seeded order, 
      difficulty), best first;
   4. output image k stitches f × f of them, grid cell j (row-major) holding the (j·ipc + k)-th; a
      cell is size // f pixels, the first size % f rows and columns one more (RDED's `mix_images`).
-With f = 1 an output image is its selected crop at size × size. A class's images depend only on
+With f = 1 an output image is its selected crop at size × size. With `rded_bits` = b < 8 (bit
+planes, data/mosaics.py) each output image packs 8 / b such images (plane p holding the
+((p·f² + j)·ipc + k)-th patches), and crops are scored as the student decodes them, quantized to b bits. A class's images depend only on
 (seed, class, the settings), not on devices, hosts or the other classes, and a finished class is
 recorded in progress.json (resume skips it). Every process scores every class, so several hosts
 take as long as one; each writes the images of its own classes (c mod processes).
@@ -27,7 +29,7 @@ import os
 import jax
 import numpy as np
 
-from sre2l_jax.data.mosaics import stitch
+from sre2l_jax.data.mosaics import check_bits, dequantize, pack, quantize, stitch
 from sre2l_jax.data.transforms import resize_image, rrc_params
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.recover.real_init import Scorer, class_permutation, crop_to, medium_picks, train_images
@@ -108,7 +110,12 @@ class Selector:
             raise ValueError(f"unknown recover.rded_score_view {rc.rded_score_view!r}; known: {SCORE_VIEWS}")
         if rc.rded_factor < 1 or dc.image_size // rc.rded_factor < 1:
             raise ValueError(f"recover.rded_factor={rc.rded_factor} must be ≥ 1 and ≤ the image size")
+        check_bits(rc.rded_bits)
+        if rc.rded_bits < 8 and rc.image_format != "png":
+            raise ValueError(f"recover.rded_bits={rc.rded_bits} needs recover.image_format=png: JPEG "
+                             "would mix the packed bit planes")
         self.rc, self.seed, self.size, self.factor = rc, config.seed, dc.image_size, rc.rded_factor
+        self.bits, self.planes = rc.rded_bits, 8 // rc.rded_bits
         self.labels, self.load = train_images(dc)
         self.scorer = Scorer(scoring_model, scoring_variables, dc.mean, dc.std)
 
@@ -125,7 +132,7 @@ class Selector:
         """Cross-entropy on class c of every (image, crop) [images, crops], scored at size × size
         (`rded_score_view`), and the scoring model's penultimate features of each [images, crops, D]."""
         patch = self.size // self.factor
-        crops = [crop_to(self.load(i), box, patch) for i, bs in zip(pool, boxes) for box in bs]
+        crops = [self._as_stored(crop_to(self.load(i), box, patch)) for i, bs in zip(pool, boxes) for box in bs]
         if self.rc.rded_score_view == "decoded":
             x = self.scorer.normalize(np.stack([resize_image(p, (self.size, self.size)) for p in crops]))
         else:
@@ -133,6 +140,9 @@ class Selector:
         probs, features = self.scorer.probabilities_and_features(x)
         losses = -np.log(np.maximum(probs[:, c], 1e-30)).reshape(len(pool), -1)
         return losses, features.reshape(*losses.shape, -1)
+
+    def _as_stored(self, patch: np.ndarray) -> np.ndarray:
+        return patch if self.bits == 8 else dequantize(quantize(patch, self.bits), self.bits)
 
     def order(self, c: int, losses: np.ndarray, features: np.ndarray,
               keep: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,16 +162,19 @@ class Selector:
         pool, boxes = self.candidates(c)
         losses, features = self.scores(c, pool, boxes)
         f2 = self.factor ** 2
-        if len(pool) < ipc * f2:
-            raise ValueError(f"RDED needs {ipc * f2} images of class {c} (ipc × factor²) but the pool "
-                             f"has {len(pool)}; raise recover.rded_pool or lower the factor")
-        best_crop, order = self.order(c, losses, features, ipc * f2)
+        cells = f2 * self.planes
+        if len(pool) < ipc * cells:
+            raise ValueError(f"RDED needs {ipc * cells} images of class {c} (ipc × factor² × 8 / bits) "
+                             f"but the pool has {len(pool)}; raise recover.rded_pool or lower the factor")
+        best_crop, order = self.order(c, losses, features, ipc * cells)
         patch = self.size // self.factor
         out = []
         for k in range(ipc):
-            picks = [order[j * ipc + k] for j in range(f2)]
+            picks = [order[j * ipc + k] for j in range(cells)]
             patches = [crop_to(self.load(pool[i]), boxes[i][best_crop[i]], patch) for i in picks]
-            image = patches[0] if self.factor == 1 else stitch(patches, self.size, self.factor)
+            planes = [patches[p * f2] if self.factor == 1 else
+                      stitch(patches[p * f2:(p + 1) * f2], self.size, self.factor) for p in range(self.planes)]
+            image = planes[0] if self.bits == 8 else pack(planes, self.bits)
             out.append({"image": image, "sources": [int(pool[i]) for i in picks],
                         "boxes": [list(boxes[i][best_crop[i]]) for i in picks],
                         "ce": float(np.mean([losses[i, best_crop[i]] for i in picks]))})
