@@ -269,8 +269,9 @@ def test_ensemble_labelled_variants_are_ranked_against_random_under_the_same_lab
     rows = {r["name"]: r for r in variants.run_variants(
         c, str(tmp_path), only=["rded", "edc", "rded_ensemble", "rded_mf", "rded_b4"])}
     e = c.student.epochs
-    assert requested == {"rded": ((), 1, 8, e), "edc": (("real_soft",), 1, 8, e), "rded_ensemble": ((), 1, 8, e),
-                         "rded_mf": (("real_soft",), 2, 8, e // 4), "rded_b4": (("real_soft",), 1, 4, e // 2)}
+    assert requested == {"rded": ((), 1, 8, e), "edc": (("real_soft",), 1, 8, e),
+                         "rded_ensemble": ((), 1, 8, e), "rded_mf": (("real_soft",), 2, 8, e // 4),
+                         "rded_b4": (("real_soft",), 1, 4, e // 2)}
     assert rows["rded_mf"]["ior"] == 90.0 - 75.0 and rows["rded_b4"]["ior"] == 88.0 - 75.0
     assert rows[variants.own_baseline_name("rded_b4", False, 1, 4)]["top1"] == 75.0
     assert rows[variants.own_baseline_name("rded_mf", False, 2)]["top1"] == 75.0

@@ -22,8 +22,8 @@ import jax
 from absl import flags
 
 from sre2l_jax import configlib, report, squeeze, stages, teachers
-from sre2l_jax.data import mosaics
 from sre2l_jax import main as cli
+from sre2l_jax.data import mosaics
 from sre2l_jax.metrics import mean_std_text
 from sre2l_jax.stage_state import write_json_atomic, write_text_atomic
 

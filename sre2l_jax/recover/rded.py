@@ -16,8 +16,9 @@ Per class c, over `rded_pool` real train images of c (the class's seeded order, 
      cell is size // f pixels, the first size % f rows and columns one more (RDED's `mix_images`).
 With f = 1 an output image is its selected crop at size × size. With `rded_bits` = b < 8 (bit
 planes, data/mosaics.py) each output image packs 8 / b such images (plane p holding the
-((p·f² + j)·ipc + k)-th patches), and crops are scored as the student decodes them, quantized to b bits. A class's images depend only on
-(seed, class, the settings), not on devices, hosts or the other classes, and a finished class is
+((p·f² + j)·ipc + k)-th patches), and crops are scored as the student decodes them: at b bits.
+A class's images depend only on (seed, class, the settings), not on devices, hosts or the other
+classes, and a finished class is
 recorded in progress.json (resume skips it). Every process scores every class, so several hosts
 take as long as one; each writes the images of its own classes (c mod processes).
 """
@@ -132,7 +133,8 @@ class Selector:
         """Cross-entropy on class c of every (image, crop) [images, crops], scored at size × size
         (`rded_score_view`), and the scoring model's penultimate features of each [images, crops, D]."""
         patch = self.size // self.factor
-        crops = [self._as_stored(crop_to(self.load(i), box, patch)) for i, bs in zip(pool, boxes) for box in bs]
+        crops = [self._as_stored(crop_to(self.load(i), box, patch))
+                 for i, bs in zip(pool, boxes) for box in bs]
         if self.rc.rded_score_view == "decoded":
             x = self.scorer.normalize(np.stack([resize_image(p, (self.size, self.size)) for p in crops]))
         else:
@@ -173,7 +175,8 @@ class Selector:
             picks = [order[j * ipc + k] for j in range(cells)]
             patches = [crop_to(self.load(pool[i]), boxes[i][best_crop[i]], patch) for i in picks]
             planes = [patches[p * f2] if self.factor == 1 else
-                      stitch(patches[p * f2:(p + 1) * f2], self.size, self.factor) for p in range(self.planes)]
+                      stitch(patches[p * f2:(p + 1) * f2], self.size, self.factor)
+                      for p in range(self.planes)]
             image = planes[0] if self.bits == 8 else pack(planes, self.bits)
             out.append({"image": image, "sources": [int(pool[i]) for i in picks],
                         "boxes": [list(boxes[i][best_crop[i]]) for i in picks],
