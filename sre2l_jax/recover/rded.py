@@ -18,9 +18,9 @@ With f = 1 an output image is its selected crop at size × size. With `rded_bits
 planes, data/mosaics.py) each output image packs 8 / b such images (plane p holding the
 ((p·f² + j)·ipc + k)-th patches), and crops are scored as the student decodes them: at b bits.
 A class's images depend only on (seed, class, the settings), not on devices, hosts or the other
-classes, and a finished class is
-recorded in progress.json (resume skips it). Every process scores every class, so several hosts
-take as long as one; each writes the images of its own classes (c mod processes).
+classes, and a finished class is recorded in progress.json (resume skips it). Every process scores
+every class, so several hosts take as long as one; each writes the images of its own classes
+(c mod processes).
 """
 
 from __future__ import annotations
