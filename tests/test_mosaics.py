@@ -132,3 +132,14 @@ def test_bit_planes_of_mosaics_and_bad_inputs():
         mosaics.decoded(real, 1, 12, 3)
     with pytest.raises(ValueError, match="never resized"):
         mosaics.Unpacked(_Arrays(_random_images(1, 14), [0]), 4, 12)[0]
+
+
+def test_a_set_packed_at_another_bit_depth_is_refused():
+    """recover's manifest says how its images were packed; reading them at another depth fails."""
+    rded4 = {"config": {"recover": {"method": "rded", "rded_bits": 4}}}
+    image_files.check_bit_depth(rded4, 4, "W/recover/images")
+    image_files.check_bit_depth(None, 4, "elsewhere")  # images from elsewhere: no manifest
+    with pytest.raises(ValueError, match=r"packed at 4 bits .* student.bit_depth=8"):
+        image_files.check_bit_depth(rded4, 8, "W/recover/images")
+    with pytest.raises(ValueError, match=r"packed at 8 bits .* student.bit_depth=2"):
+        image_files.check_bit_depth({"config": {"recover": {"method": "sre2l", "rded_bits": 4}}}, 2, "W")

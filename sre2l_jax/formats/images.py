@@ -114,9 +114,24 @@ def load_synthetic(config, workdir: str, teacher_meta: dict):
     (each stored image's f × f cells under `student.multi_formation` = f, its 8 / b bit planes
     under `student.bit_depth` = b)."""
     names = teacher_meta.get("class_names") or [str(i) for i in range(config.data.num_classes)]
-    source = synthetic_source(default_dir(config, workdir), list(names), config.data.channels)[0]
+    images_dir = default_dir(config, workdir)
+    check_bit_depth(read_manifest(images_dir), config.student.bit_depth, images_dir)
+    source = synthetic_source(images_dir, list(names), config.data.channels)[0]
     return mosaics.decoded(source, config.student.multi_formation, config.data.image_size,
                            config.student.bit_depth)
+
+
+def check_bit_depth(manifest: dict | None, bits: int, images_dir: str) -> None:
+    """Refuse to read a recovered set in another bit depth than it was packed in (recover's
+    manifest says; images from elsewhere carry no manifest and are taken as they are)."""
+    recover = ((manifest or {}).get("config") or {}).get("recover")
+    if recover is None:
+        return
+    packed = recover.get("rded_bits", 8) if recover.get("method") == "rded" else 8
+    if packed != bits:
+        raise ValueError(f"{images_dir} holds images packed at {packed} bits per image "
+                         f"(recover.rded_bits={packed}) but student.bit_depth={bits}: set "
+                         f"--config.student.bit_depth={packed}, or recover again with rded_bits={bits}")
 
 
 def grid(images: np.ndarray, labels: np.ndarray, per_class: int = 10) -> np.ndarray:
