@@ -127,6 +127,10 @@ def test_rded_bit_planes_score_quantized_crops_and_pack_the_chosen_ones(data_dir
         variables, jnp.asarray(sel.scorer.normalize(q)[None]), train=False))[0, 3]) for q in row]
         for row in quantized])
     np.testing.assert_allclose(losses, brute, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="recover.rded_bits=3"):
+        rded.Selector(idx_config(data_dir, path, rded_bits=3), model, variables)
+    with pytest.raises(ValueError, match="needs recover.image_format=png"):
+        rded.Selector(idx_config(data_dir, path, rded_bits=4, image_format="jpeg"), model, variables)
     out = sel.class_images(3, 2)
     best = np.argsort(brute.min(1), kind="stable")[:4]
     for k, e in enumerate(out):

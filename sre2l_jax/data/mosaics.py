@@ -107,10 +107,10 @@ class Stitched:
 BIT_DEPTHS = (8, 4, 2, 1)
 
 
-def check_bits(bits: int) -> None:
+def check_bits(bits: int, key: str = "student.bit_depth") -> None:
     if bits not in BIT_DEPTHS:
-        raise ValueError(f"student.bit_depth={bits} must be one of {BIT_DEPTHS} (8: off; b packs "
-                         "8 / b images at b bits into each stored image)")
+        raise ValueError(f"{key}={bits} must be one of {BIT_DEPTHS} (8: off; b packs 8 / b images "
+                         "at b bits into each stored image)")
 
 
 def quantize(image: np.ndarray, bits: int) -> np.ndarray:

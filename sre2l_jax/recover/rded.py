@@ -111,7 +111,7 @@ class Selector:
             raise ValueError(f"unknown recover.rded_score_view {rc.rded_score_view!r}; known: {SCORE_VIEWS}")
         if rc.rded_factor < 1 or dc.image_size // rc.rded_factor < 1:
             raise ValueError(f"recover.rded_factor={rc.rded_factor} must be ≥ 1 and ≤ the image size")
-        check_bits(rc.rded_bits)
+        check_bits(rc.rded_bits, "recover.rded_bits")
         if rc.rded_bits < 8 and rc.image_format != "png":
             raise ValueError(f"recover.rded_bits={rc.rded_bits} needs recover.image_format=png: JPEG "
                              "would mix the packed bit planes")
