@@ -80,18 +80,24 @@ class Decoded:
                 "label": int(self.labels[i])}
 
 
+def group_labels(source: Any, per_group: int, format_name: str, group_name: str) -> np.ndarray:
+    """The class of each run of `per_group` consecutive images of `source` (the images one stored
+    image will hold), which must all be of one class."""
+    labels = source_labels(source)
+    if len(labels) % per_group or np.any(labels.reshape(-1, per_group) != labels[::per_group, None]):
+        raise ValueError(f"{format_name}: {len(labels)} images do not split into {group_name} of "
+                         f"{per_group} images of one class each")
+    return labels[::per_group]
+
+
 class Stitched:
     """`source` (f² consecutive images of one class per mosaic) as size × size mosaics."""
 
     def __init__(self, source: Any, factor: int, size: int):
         check_factor(factor, size)
-        labels, cells = source_labels(source), factor * factor
-        if len(labels) % cells or np.any(labels.reshape(-1, cells) != labels[::cells, None]):
-            raise ValueError(f"multi-formation: {len(labels)} images do not split into mosaics of "
-                             f"{cells} images of one class each")
-        self.source, self.factor, self.size, self.cells = source, factor, size, cells
+        self.source, self.factor, self.size, self.cells = source, factor, size, factor * factor
         self.fit = EvalResize(size, size)  # as the student pipeline fits an image (no squash)
-        self.labels = labels[::cells]
+        self.labels = group_labels(source, self.cells, "multi-formation", "mosaics")
         self.class_names = list(source.class_names)
         self.channels = getattr(source, "channels", None)
 
@@ -168,13 +174,9 @@ class Packed:
 
     def __init__(self, source: Any, bits: int, size: int):
         check_bits(bits)
-        labels, planes = source_labels(source), 8 // bits
-        if len(labels) % planes or np.any(labels.reshape(-1, planes) != labels[::planes, None]):
-            raise ValueError(f"bit planes: {len(labels)} images do not split into stored images of "
-                             f"{planes} images of one class each")
-        self.source, self.bits, self.planes = source, bits, planes
+        self.source, self.bits, self.planes = source, bits, 8 // bits
         self.fit = EvalResize(size, size)  # as the student pipeline fits an image (no squash)
-        self.labels = labels[::planes]
+        self.labels = group_labels(source, self.planes, "bit planes", "stored images")
         self.class_names = list(source.class_names)
         self.channels = getattr(source, "channels", None)
 
