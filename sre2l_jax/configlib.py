@@ -195,6 +195,9 @@ def base_config() -> ml_collections.ConfigDict:
     st.temperature = 20.0
     st.tau2_factor = False
     st.ce_weight = 0.025
+    # Label smoothing ε of the hard-label students' cross-entropy (random+hard, synthetic+hard);
+    # soft-label students never use it.
+    st.hard_label_smoothing = 0.0
     st.ema = 0.0  # EMA rate of the student's weights (0: off); evaluation then uses the EMA
     st.crop = "rrc"  # rrc: RandomResizedCrop(crop_scale) | pad_crop: RandomCrop(crop_padding) | none
     st.crop_scale = (0.08, 1.0)

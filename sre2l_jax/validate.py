@@ -136,7 +136,8 @@ class _Students:
                                        weight_decay=st.weight_decay)
         recipe = Recipe(self.model, model.ensemble, self.tx, self.spec, float(st.temperature),
                         bool(st.tau2_factor), str(st.teacher_logits_dtype), st.loss,
-                        float(st.ce_weight), float(st.ema), top_k_targets)
+                        float(st.ce_weight), float(st.ema), top_k_targets,
+                        float(st.hard_label_smoothing))
         # Initialised on one device, then replicated from the host: one executable for any mesh
         # (and any number of hosts, which all compute the same values from the seed).
         self.init = jax.jit(self._init_state, compiler_options=parallel.one_shot_compiler_options())

@@ -75,6 +75,13 @@ def test_kd_and_hard_losses_match_numpy():
     got = float(losses.hard_loss(jnp.asarray(s, jnp.float32), jnp.asarray(labels),
                                   {"perm": jnp.asarray(perm), "lam": jnp.float32(lam)}))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # Label smoothing ε: each target is (1 − ε)·one-hot + ε/7, mixed by λ as above.
+    eps, logq = 0.1, np.log(_numpy_softmax(s))
+    smooth = (1 - eps) * np.eye(7)[labels] + eps / 7
+    expected = np.mean(-lam * np.sum(smooth * logq, 1) - (1 - lam) * np.sum(smooth[perm] * logq, 1))
+    got = float(losses.hard_loss(jnp.asarray(s, jnp.float32), jnp.asarray(labels),
+                                  {"perm": jnp.asarray(perm), "lam": jnp.float32(lam)}, eps))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def test_adamw_decays_conv_and_dense_kernels_only():

@@ -19,9 +19,15 @@ def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, tau: float,
     return loss * tau**2 if tau2_factor else loss
 
 
-def hard_loss(logits: jax.Array, labels: jax.Array, plan: dict) -> jax.Array:
-    """Cross-entropy with the labels mixed by λ: λ·CE(y) + (1−λ)·CE(y[perm])."""
-    ce = optax.softmax_cross_entropy_with_integer_labels
+def hard_loss(logits: jax.Array, labels: jax.Array, plan: dict, smoothing: float = 0.0) -> jax.Array:
+    """Cross-entropy with the labels mixed by λ: λ·CE(y) + (1−λ)·CE(y[perm]); with `smoothing` ε
+    each one-hot target becomes (1 − ε)·y + ε / classes (Szegedy et al.'s label smoothing)."""
+    if smoothing:
+        def ce(z, y):
+            target = optax.smooth_labels(jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype), smoothing)
+            return optax.softmax_cross_entropy(z, target)
+    else:  # the integer-label form, so smoothing 0 compiles exactly as before
+        ce = optax.softmax_cross_entropy_with_integer_labels
     lam = plan["lam"]
     return jnp.mean(lam * ce(logits, labels) + (1.0 - lam) * ce(logits, labels[plan["perm"]]))
 

@@ -41,6 +41,7 @@ class Recipe:
     ce_weight: float = 0.025  # mse_ce: weight of the cross-entropy on the (mixed) hard labels
     ema: float = 0.0  # rate of the exponential moving average of the weights (0: none)
     top_k_targets: bool = False  # stored top-k labels: classes they did not store hold FILL_LOGIT
+    hard_label_smoothing: float = 0.0  # hard-label students only (the soft losses never smooth)
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -91,7 +92,8 @@ def online_step(state, teacher_vars, images, labels, ids, soft, *, recipe: Recip
                            lambda: jnp.zeros(shape.shape, shape.dtype))
     targets = jax.lax.stop_gradient(targets)
     return _update(state, x, lambda s: jnp.where(
-        soft, recipe.soft_loss(s, targets, labels), hard_loss(s, labels, plan)), recipe)
+        soft, recipe.soft_loss(s, targets, labels),
+        hard_loss(s, labels, plan, recipe.hard_label_smoothing)), recipe)
 
 
 def stored_step(state, images, labels, plan, targets, *, recipe: Recipe):
