@@ -258,19 +258,23 @@ EXECUTION_KEYS = frozenset({
 
 
 # Student recipes from the authors' scripts (facts; README "Student recipes"). `student.*` keys.
+# None of the authors' scripts trains a hard-label student, so none smooths hard labels.
 STUDENT_RECIPES = {
     # SRe²L's ImageNet recipe as the Fashion-MNIST default first had it: batch 100 = the IPC-10 set.
     "sre2l_paper": {"batch_size": 100, "epochs": 300, "schedule": "cosine_epoch", "crop": "rrc",
-                    "crop_scale": (0.08, 1.0), "mix": "cutmix", "loss": "kl", "ema": 0.0},
+                    "crop_scale": (0.08, 1.0), "mix": "cutmix", "loss": "kl", "ema": 0.0,
+                    "hard_label_smoothing": 0.0},
     # EDC's CIFAR-10 student (Branch_CIFAR_10/train): small batches, 1000 epochs, MultiStepLR,
     # MSE to the teacher's logits + 0.025·CE, EMA 0.99 of the parameters, RandAugment (2 operations,
     # magnitude 9) + RRC + flip + CutMix. (Until 2026-12-04 this recipe lacked RandAugment.)
     "edc": {"batch_size": 25, "epochs": 1000, "schedule": "multistep", "milestones": (0.8, 0.9, 0.95),
             "gamma": 0.5, "crop": "rrc", "crop_scale": (0.08, 1.0), "mix": "cutmix", "loss": "mse_ce",
-            "ce_weight": 0.025, "ema": 0.99, "randaugment": 2, "randaugment_magnitude": 9},
+            "ce_weight": 0.025, "ema": 0.99, "randaugment": 2, "randaugment_magnitude": 9,
+            "hard_label_smoothing": 0.0},
     # RDED's student (validation/main.py): batch 50 at IPC 10, 300 epochs, cosine to 0.5×, KL τ 20.
     "rded": {"batch_size": 50, "epochs": 300, "schedule": "smooth_cosine", "zeta": 2.0, "crop": "rrc",
-             "crop_scale": (0.08, 1.0), "mix": "cutmix", "loss": "kl", "temperature": 20.0, "ema": 0.0},
+             "crop_scale": (0.08, 1.0), "mix": "cutmix", "loss": "kl", "temperature": 20.0, "ema": 0.0,
+             "hard_label_smoothing": 0.0},
 }
 # EDC's recovery (CIFAR-10 script) as `recover.*` keys; batch_size "all": every image in one batch.
 EDC_RECOVERY = {"init": "real_random", "alpha_class": 0.5, "iterations": 75, "lr": 0.05,
@@ -425,6 +429,11 @@ def small_image_recipe(c: ml_collections.ConfigDict, width: int = 8, ipc: int = 
     # consistent", CVPR 2022): 2000 epochs instead of EDC's 1000, chosen on the holdout (README
     # "A patient student"): SRe²L 83.38 → 85.56, random+soft 86.96 → 89.06 holdout top-1, seed 0.
     st.epochs = 2000
+    # The hard-label baselines (random+hard, recovered images+hard) with label smoothing 0.1, chosen
+    # on the holdout by a rule fixed before the runs (README "Label smoothing for the hard-label
+    # students"): random+hard holdout top-1 76.70 against 75.67, 3 seeds. Soft-label students:
+    # unchanged.
+    st.hard_label_smoothing = 0.1
     # Validate's short epochs (4 steps) made its bookkeeping expensive: evaluating on the 10k test
     # images every 100 epochs (1.7 s each) and an Orbax save every 50 (0.5 s each, waited for) were
     # 106 of its 417 s (2-core VM, README "The default run"). Midway and final accuracy, 1 save per run.

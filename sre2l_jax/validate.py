@@ -175,8 +175,11 @@ class _Students:
                     "labels": run.stored.identity if run.stored else None}
         inputs = {"images": run.images_hash,
                   "teachers": self.teachers_hash}
-        return stage_state.Claim(run_dir, {**stage_state.settings(self.config, "data", "student"),
-                                           "run": identity, "inputs": inputs}, "a student run")
+        recorded = stage_state.settings(self.config, "data", "student")
+        if run.soft:  # a soft-label run does not depend on it: changing it keeps its result
+            del recorded["student"]["hard_label_smoothing"]
+        return stage_state.Claim(run_dir, {**recorded, "run": identity, "inputs": inputs},
+                                 "a student run")
 
     def train_all(self, runs: list[Run]) -> list[dict]:
         """Every run's result, in order; as many runs train at once as there are lanes, one step

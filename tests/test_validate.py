@@ -415,3 +415,21 @@ def test_student_step_compiles_once_per_batch_shape(env):
     seen = compiles(lambda: validate.run(c, _workdir(env, "compiles")))
     steps = [s for s in seen if "online_step" in s]
     assert 1 <= len(steps) <= 2, seen
+
+
+def test_hard_label_smoothing_retrains_only_the_hard_label_students(env, runs):
+    w = str(env["root"] / "smoothing")
+    shutil.copytree(runs["one"], w)
+    for entry in ("real_hard", "synthetic_hard"):
+        shutil.rmtree(_run_dir(w, entry))
+    soft = {e: os.path.getmtime(os.path.join(_run_dir(w, e), "result.json")) for e in ("sre2l", "real_soft")}
+    validate.run(env["config"](validate__seeds=(0,), validate__baselines=validate.BASELINES,
+                               num_devices=1, student__hard_label_smoothing=0.3), w)
+    # The soft-label runs' claims leave the key out: their results were kept, not retrained.
+    assert {e: os.path.getmtime(os.path.join(_run_dir(w, e), "result.json")) for e in soft} == soft
+    for entry in ("real_hard", "synthetic_hard"):  # retrained with smoothed targets: other weights
+        assert _max_diff(_student_params(w, entry), _student_params(runs["one"], entry)) > 1e-4
+    # A finished hard-label run of another smoothing is refused, naming the key.
+    with pytest.raises(ValueError, match="hard_label_smoothing: 0.3 -> 0.0"):
+        validate.run(env["config"](validate__seeds=(0,), validate__baselines=validate.BASELINES,
+                                   num_devices=1), w)
