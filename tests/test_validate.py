@@ -429,6 +429,8 @@ def test_hard_label_smoothing_retrains_only_the_hard_label_students(env, runs):
     assert {e: os.path.getmtime(os.path.join(_run_dir(w, e), "result.json")) for e in soft} == soft
     for entry in ("real_hard", "synthetic_hard"):  # retrained with smoothed targets: other weights
         assert _max_diff(_student_params(w, entry), _student_params(runs["one"], entry)) > 1e-4
+    with pytest.raises(ValueError, match=r"hard_label_smoothing must be in \[0, 1\), got 1.0"):
+        validate.run(env["config"](student__hard_label_smoothing=1.0), w)
     # A finished hard-label run of another smoothing is refused, naming the key.
     with pytest.raises(ValueError, match="hard_label_smoothing: 0.3 -> 0.0"):
         validate.run(env["config"](validate__seeds=(0,), validate__baselines=validate.BASELINES,

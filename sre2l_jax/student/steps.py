@@ -46,6 +46,9 @@ class Recipe:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"student.loss must be one of {LOSSES}, got {self.loss!r}")
+        if not 0.0 <= self.hard_label_smoothing < 1.0:
+            raise ValueError(f"student.hard_label_smoothing must be in [0, 1), got "
+                             f"{self.hard_label_smoothing}")
 
     def soft_loss(self, logits, targets, hard_labels):
         """The distillation loss of a soft-label step."""
