@@ -21,10 +21,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from sre2l_jax import parallel, teachers, validate
-from sre2l_jax.formats import images as image_files
-from sre2l_jax.metrics import MetricsLog
-from sre2l_jax.student import data as student_data
+from sre2l_jax import parallel, validate
 
 CONFIG = config_flags.DEFINE_config_file("config", None,
                                          "Config file, e.g. configs/fashion_mnist.py:validate")
@@ -33,22 +30,10 @@ WORKDIR = flags.DEFINE_string("workdir", None, "Workdir with squeeze/ and recove
 
 def train_hard_label_students(config, workdir: str) -> dict[str, list[dict]]:
     """Every hard-label baseline run of `config` (entry → results in seed order)."""
-    model = teachers.load(config, workdir)
-    synthetic = image_files.load_synthetic(config, workdir, model.meta)
-    students = validate._Students(config, workdir, model, len(synthetic), False)
-    runs = [r for r in validate._runs(config, synthetic, student_data.fingerprint(synthetic), None)
-            if not r.soft]
+    _, _, students, runs = validate.prepare(config, workdir, keep=lambda run: not run.soft)
     if not runs:
         raise ValueError("validate.baselines has no hard-label entry (real_hard, synthetic_hard)")
-    for run in runs:
-        students.claim(run).check()
-    students.log = MetricsLog(students.stage_dir, total_steps=len(runs) * config.student.epochs
-                              * len(students.bounds), stage="validate")
-    out: dict[str, list[dict]] = {}
-    for run, result in zip(runs, students.train_all(runs), strict=True):
-        out.setdefault(run.entry, []).append(result)
-    students.log.close()
-    return out
+    return students.train_logged(runs)
 
 
 def main(argv) -> None:

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -181,6 +182,16 @@ class _Students:
         return stage_state.Claim(run_dir, {**recorded, "run": identity, "inputs": inputs},
                                  "a student run")
 
+    def train_logged(self, runs: list[Run]) -> dict[str, list[dict]]:
+        """`train_all` with the stage's metrics log open; results grouped by entry, seeds in order."""
+        self.log = MetricsLog(self.stage_dir, stage="validate",
+                              total_steps=len(runs) * self.st.epochs * len(self.bounds))
+        results: dict[str, list[dict]] = {}
+        for one, result in zip(runs, self.train_all(runs), strict=True):
+            results.setdefault(one.entry, []).append(result)
+        self.log.close()
+        return results
+
     def train_all(self, runs: list[Run]) -> list[dict]:
         """Every run's result, in order; as many runs train at once as there are lanes, one step
         of each in turn (JAX dispatches asynchronously, so the lanes' devices work in parallel)."""
@@ -328,8 +339,9 @@ def _runs(config, synthetic, synthetic_hash: str, stored: StoredLabels | None) -
     return runs
 
 
-def run(config, workdir: str) -> dict:
-    """Train and evaluate every (entry, seed); writes `W/validate/summary.json` and returns it."""
+def prepare(config, workdir: str, keep: Callable[[Run], bool] = lambda run: True) -> tuple:
+    """(teacher, synthetic set, students, the runs `keep` accepts) of the stage; runs of other
+    settings refuse here, before any evaluation or log is opened."""
     v = config.validate
     _check(v)
     model = teachers.load(config, workdir)
@@ -341,19 +353,19 @@ def run(config, workdir: str) -> dict:
                               synthetic_hash, model.fingerprint())
     # Whether targets hold top-k labels is the stored files' fact (their meta), not the config's.
     students = _Students(config, workdir, model, len(synthetic), bool(stored and stored.top_k))
-    t0 = time.time()
-    runs = _runs(config, synthetic, synthetic_hash, stored)
-    for one in runs:  # runs of other settings refuse here, before any evaluation or log is opened
+    runs = [one for one in _runs(config, synthetic, synthetic_hash, stored) if keep(one)]
+    for one in runs:
         students.claim(one).check()
-    teacher_eval = students.evaluate(model.ensemble, model.variables)
-    steps_per_run = config.student.epochs * len(students.bounds)
-    students.log = MetricsLog(students.stage_dir, total_steps=len(runs) * steps_per_run,
-                              stage="validate")
-    results: dict[str, list[dict]] = {}
-    for one, result in zip(runs, students.train_all(runs)):
-        results.setdefault(one.entry, []).append(result)
+    return model, synthetic, students, runs
 
-    students.log.close()
+
+def run(config, workdir: str) -> dict:
+    """Train and evaluate every (entry, seed); writes `W/validate/summary.json` and returns it."""
+    v = config.validate
+    t0 = time.time()
+    model, synthetic, students, runs = prepare(config, workdir)
+    teacher_eval = students.evaluate(model.ensemble, model.variables)
+    results = students.train_logged(runs)
     counts = np.bincount(sources.source_labels(synthetic), minlength=config.data.num_classes)
     summary = _summary(config, results, counts, teacher_eval, model.paths[0])
     # The full-data model is the (first) teacher itself, not an ensemble of several.
