@@ -7,7 +7,7 @@ Recovery uses no crop and a jitter in [0, 4] as the authors' CIFAR script; the s
 method (teacher in eval mode). Options: ipc=N, weights=PATH.pth, data_dir=TFDS_DIR.
 """
 
-from sre2l_jax import configlib
+from sre2l_jax import configlib, recipes
 
 
 def get_config(arg: str | None = None, name: str = "cifar100", num_classes: int = 100):
@@ -19,7 +19,7 @@ def get_config(arg: str | None = None, name: str = "cifar100", num_classes: int 
     d.train_split, d.eval_split, d.image_size, d.channels = "train", "test", 32, 3
     d.mean, d.std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
     d.train_augment, d.crop_padding = "crop_flip", 4
-    configlib.lowres_squeeze(c, lr=0.1, weight_decay=5e-4, batch_size=128, epochs=200, warmup_epochs=0)
+    recipes.lowres_squeeze(c, lr=0.1, weight_decay=5e-4, batch_size=128, epochs=200, warmup_epochs=0)
     c.squeeze.torchvision_weights = arg.weights
     r = c.recover
     r.ipc, r.lr, r.alpha_bn, r.iterations, r.batch_size = arg.ipc, 0.25, 0.01, 1000, 100

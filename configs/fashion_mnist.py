@@ -10,7 +10,7 @@ method=sre2l|rded|edc (a later method instead of SRe²L; README "Later methods")
 recipe=sre2l_paper|edc|rded (a named student recipe; README "Student recipes"), holdout=N.
 """
 
-from sre2l_jax import configlib
+from sre2l_jax import configlib, recipes
 
 
 def get_config(arg: str | None = None):
@@ -28,11 +28,11 @@ def get_config(arg: str | None = None):
     c.data.channels = 1
     c.data.mean, c.data.std = (0.2860,), (0.3530,)
     c.data.holdout = arg.holdout  # e.g. 5000: the split the recipes in the README were chosen on
-    configlib.small_image_recipe(c, width=arg.width, ipc=arg.ipc, iterations=arg.iterations)
+    recipes.small_image_recipe(c, width=arg.width, ipc=arg.ipc, iterations=arg.iterations)
     c.validate.seeds = tuple(range(arg.seeds))  # seeds=3 for the mean ± std table
 
-    configlib.apply_method(c, arg.method)
-    configlib.apply_student_recipe(c, arg.recipe)
+    recipes.apply_method(c, arg.method)
+    recipes.apply_student_recipe(c, arg.recipe)
     if arg.runlocal:
         configlib.shrink_for_runlocal(c)
     return configlib.lock(c)

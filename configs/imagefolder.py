@@ -12,7 +12,7 @@ ImageNet's (a teacher trained here: ImageNet stem, SGD). Options: ipc=, width=, 
 method=sre2l|rded|edc, recipe=sre2l_paper|edc|rded, holdout=, name=.
 """
 
-from sre2l_jax import configlib
+from sre2l_jax import configlib, recipes
 from sre2l_jax.data import folder_info
 
 
@@ -37,16 +37,16 @@ def get_config(arg: str | None = None):
     else:
         d.mean, d.std = folder_info.mean_std(info, d.channels, d.image_size)
     if d.image_size <= 32:
-        configlib.small_image_recipe(c, width=arg.width, ipc=arg.ipc)
+        recipes.small_image_recipe(c, width=arg.width, ipc=arg.ipc)
     elif d.image_size < 96:
-        configlib.tiny_imagenet_recipe(c, ipc=arg.ipc)
+        recipes.tiny_imagenet_recipe(c, ipc=arg.ipc)
     else:
-        configlib.tiny_imagenet_recipe(c, ipc=arg.ipc)  # a trained teacher, SGD + cosine + warmup
+        recipes.tiny_imagenet_recipe(c, ipc=arg.ipc)  # a trained teacher, SGD + cosine + warmup
         c.model.stem, d.eval_resize = "imagenet", round(d.image_size * 256 / 224)
         c.recover.lr, c.recover.alpha_bn, c.recover.jitter = 0.25, 0.01, (0, 32)
     c.validate.seeds = tuple(range(arg.seeds))
-    configlib.apply_method(c, arg.method)
-    configlib.apply_student_recipe(c, arg.recipe)
+    recipes.apply_method(c, arg.method)
+    recipes.apply_student_recipe(c, arg.recipe)
     if arg.runlocal:
         configlib.shrink_for_runlocal(c)
     return configlib.lock(c)

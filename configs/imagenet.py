@@ -12,7 +12,7 @@ Options: arch=resnet18|resnet50 (Î±_BN is per arch: ResNet-50's BN loss is ~100Ã
 ipc=N, weights=PATH.pth, data_dir=DIR, tfds=1 (read `imagenet2012` with tfds.data_source instead).
 """
 
-from sre2l_jax import configlib
+from sre2l_jax import configlib, recipes
 
 
 def get_config(arg: str | None = None):
@@ -20,7 +20,7 @@ def get_config(arg: str | None = None):
                               alpha_bn=0.0)
     c = configlib.base_config()
     c.stage, c.runlocal = arg.stage, arg.runlocal
-    configlib.imagenet_recipe(c)
+    recipes.imagenet_recipe(c)
     c.data.name, c.data.num_classes, c.data.dir = "imagenet2012", 1000, arg.data_dir
     if arg.tfds:
         c.data.source, c.data.tfds_name, c.data.eval_split = "tfds", "imagenet2012", "validation"

@@ -10,7 +10,7 @@ imagenet10 / imagenet100 (224²): IDC's class100.txt order, pass it as class_lis
 line; ImageNet-10 is its first 10 lines). MTT's code defines no "ImageBlub" list, so none is offered.
 """
 
-from sre2l_jax import configlib
+from sre2l_jax import configlib, recipes
 
 # ImageNet-1K class indices (torchvision order), as published with MTT (Cazenavette et al., 2022).
 SUBSETS = {
@@ -41,7 +41,7 @@ def get_config(arg: str | None = None):
     arg = configlib.parse_arg(arg, subset="imagenette", ipc=10, data_dir="", class_list="", tfds=False)
     c = configlib.base_config()
     c.stage, c.runlocal = arg.stage, arg.runlocal
-    configlib.imagenet_recipe(c)
+    recipes.imagenet_recipe(c)
     if arg.subset in SUBSETS:
         ids = SUBSETS[arg.subset]
         size = RESOLUTION.get(arg.subset, 128)

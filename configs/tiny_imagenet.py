@@ -6,7 +6,7 @@ Import the authors' squeezed model instead of training: weights=PATH.pth (a `{'s
 checkpoint with `module.` prefixes is fine). Options: ipc=N, arch=resnet18|resnet50, weights=, data_dir=.
 """
 
-from sre2l_jax import configlib
+from sre2l_jax import configlib, recipes
 
 
 def get_config(arg: str | None = None):
@@ -17,7 +17,7 @@ def get_config(arg: str | None = None):
     d.name, d.source, d.dir, d.num_classes = "tiny_imagenet", "imagefolder", arg.data_dir, 200
     d.train_split, d.eval_split, d.image_size, d.channels = "train", "val", 64, 3
     d.mean, d.std = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
-    configlib.tiny_imagenet_recipe(c, arch=arg.arch, ipc=arg.ipc)
+    recipes.tiny_imagenet_recipe(c, arch=arg.arch, ipc=arg.ipc)
     c.squeeze.torchvision_weights = arg.weights
     if arg.runlocal:
         configlib.shrink_for_runlocal(c)

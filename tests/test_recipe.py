@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import load_config, write_idx
 
-from sre2l_jax import configlib, optim
+from sre2l_jax import optim, recipes
 from sre2l_jax.configlib import base_config
 from sre2l_jax.data import sources, splits
 from sre2l_jax.formats import labels as label_files
@@ -148,10 +148,10 @@ def test_holdout_is_class_balanced_and_disjoint_from_every_training_set(idx_dir)
         splits.build_source(_data(idx_dir, holdout=0), splits.HOLDOUT)
 
 
-@pytest.mark.parametrize("name", sorted(configlib.STUDENT_RECIPES))
+@pytest.mark.parametrize("name", sorted(recipes.STUDENT_RECIPES))
 def test_a_named_recipe_sets_its_student_keys(name):
     c = load_config("fashion_mnist", f"all,recipe={name}")
-    for key, value in configlib.STUDENT_RECIPES[name].items():
+    for key, value in recipes.STUDENT_RECIPES[name].items():
         assert c.student[key] == value, key
 
 

@@ -19,8 +19,8 @@ import os
 import jax
 from absl import flags
 
-from sre2l_jax import configlib, stages, teachers
 from sre2l_jax import main as cli
+from sre2l_jax import recipes, stages, teachers
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.metrics import mean_std_text
 from sre2l_jax.stage_state import read_json, write_json_atomic, write_text_atomic
@@ -30,7 +30,7 @@ _SET = flags.DEFINE_multi_string("set", [], "student.key=value override for ever
                                   "flag for several; values are Python literals: crop_scale=(0.5,1.0)).")
 _NAME = flags.DEFINE_string("name", "", "Row name suffix for --set sweeps.")
 
-RECIPES = configlib.STUDENT_RECIPES
+RECIPES = recipes.STUDENT_RECIPES
 
 
 def _overrides(pairs: list[str]) -> dict:

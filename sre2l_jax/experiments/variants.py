@@ -21,8 +21,8 @@ import os
 import jax
 from absl import flags
 
-from sre2l_jax import configlib, report, squeeze, stages, teachers
 from sre2l_jax import main as cli
+from sre2l_jax import recipes, report, squeeze, stages, teachers
 from sre2l_jax.data import mosaics
 from sre2l_jax.metrics import mean_std_text
 from sre2l_jax.stage_state import write_json_atomic, write_text_atomic
@@ -50,9 +50,9 @@ VARIANTS = {
     # EDC (CIFAR-10 script): real init, category-aware BN matching (α 0.5), 75 iterations of Adam
     # lr 0.05 on all images in one batch with RandomResizedCrop, briefly trained backbones rotated
     # per iteration and their ensemble as the soft-label teacher.
-    "edc": {**configlib.EDC_RECOVERY, "extra_teachers": "backbones"},
+    "edc": {**recipes.EDC_RECOVERY, "extra_teachers": "backbones"},
     # EDC as its Tiny-ImageNet / ImageNet scripts run it: started from RDED's selected images.
-    "edc_rded": {**configlib.EDC_RECOVERY, "init": "rded", "extra_teachers": "backbones"},
+    "edc_rded": {**recipes.EDC_RECOVERY, "init": "rded", "extra_teachers": "backbones"},
     # RDED's images with EDC's soft labels (teacher + backbones): what the labels alone change.
     "rded_ensemble": {"method": "rded", "extra_teachers": "backbones"},
     # IDC's multi-formation over RDED's choice: 2 × 2 of the class's easiest whole images (scored
@@ -82,12 +82,12 @@ def second_teacher(config, workdir: str) -> str:
 
 
 def backbone_teachers(config, workdir: str) -> list[str]:
-    """Train (once each) `configlib.EDC_BACKBONES` with the squeeze recipe; their model paths."""
+    """Train (once each) `recipes.EDC_BACKBONES` with the squeeze recipe; their model paths."""
     paths = []
-    for i in range(len(configlib.EDC_BACKBONES)):
+    for i in range(len(recipes.EDC_BACKBONES)):
         c = copy.deepcopy(config)
         c.unlock()
-        c.squeeze.backbones = configlib.EDC_BACKBONES
+        c.squeeze.backbones = recipes.EDC_BACKBONES
         ci = squeeze.backbone_config(c, i)
         sub = os.path.join(workdir, "variants", f"backbone{i}")
         stages.run_once(ci, sub, "squeeze")
