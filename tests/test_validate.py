@@ -18,7 +18,7 @@ from PIL import Image
 from sre2l_jax import checkpoint, optim, parallel, relabel, validate
 from sre2l_jax.formats import labels as label_files
 from sre2l_jax.models import create_model, init_variables
-from sre2l_jax.student import losses, plans
+from sre2l_jax.student import losses, plans, trainer
 from sre2l_jax.student import steps as student_steps
 from sre2l_jax.student.steps import online_step
 
@@ -161,7 +161,7 @@ def _workdir(env, name):
 
 
 def _run_dir(workdir, entry="sre2l", seed=0, stored=False):
-    return os.path.join(workdir, "validate", "runs", validate.run_name(entry, seed, stored))
+    return os.path.join(workdir, "validate", "runs", trainer.run_name(entry, seed, stored))
 
 
 def _student_params(workdir, entry="sre2l", seed=0, stored=False):
