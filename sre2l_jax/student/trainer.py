@@ -30,6 +30,7 @@ from sre2l_jax.train_state import TrainState
 
 @dataclasses.dataclass
 class Run:
+    """One student: which entry and seed, its images, soft (teacher) or hard labels."""
     entry: str
     seed: int
     source: object  # random-access images and labels (the synthetic set or a real subset)
