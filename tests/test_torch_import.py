@@ -17,6 +17,13 @@ from sre2l_jax import checkpoint, models, torch_import
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _seeded_torch():
+    # torchvision draws conv weights from torch's global generator: unseeded, a rare draw put one
+    # ResNet-50 BN statistic past the float32 tolerance (worst entries sit at ~0.6 of it).
+    torch.manual_seed(0)
+
+
 def _randomize_bn(model, seed: int = 0):
     # Fresh BNs are the identity (mean 0, var 1, weight 1, bias 0), which would hide a swapped
     # mean/var or scale/bias; random values make every one of them matter.
