@@ -29,6 +29,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sre2l_jax import parallel, validate
+from sre2l_jax.metrics import mean_std_text
 
 CONFIG = config_flags.DEFINE_config_file("config", None,
                                          "Config file, e.g. configs/fashion_mnist.py:validate")
@@ -55,8 +56,9 @@ def main(argv) -> None:
         for key in ("top1", "holdout_top1"):
             values = [r[key] for r in results if key in r]
             if values:
-                std = f" ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else " (1 seed)"
-                print(f"{entry} {key}: {np.mean(values):.2f}{std}  per seed {values}", flush=True)
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                text = mean_std_text(float(np.mean(values)), std, len(values))
+                print(f"{entry} {key}: {text}  per seed {values}", flush=True)
 
 
 if __name__ == "__main__":
