@@ -116,8 +116,10 @@ def small_image_recipe(c: ml_collections.ConfigDict, width: int = 8, ipc: int = 
     # 10"): SRe²L 64.83 → 84.47, random+soft 77.55 → 85.70 holdout top-1, 3 seeds. At IPC 50 (20
     # steps an epoch) 400 epochs: 2000 would be 40,000 steps, 5× the default run's student time
     # (README "IPC 50 in the default run's time").
-    steps_per_epoch = -(-ipc * c.data.num_classes // st.batch_size)
-    st.epochs = -(-STUDENT_STEPS // steps_per_epoch)
+    # Lazy (FieldReference arithmetic, resolved when read), so that `--config.student.batch_size`
+    # or `--config.recover.ipc` keeps the 8000 steps; `--config.student.epochs` still sets epochs.
+    steps_per_epoch = -((-c.data.num_classes * r.get_ref("ipc")) // st.get_ref("batch_size"))
+    st.epochs = -((-STUDENT_STEPS) // steps_per_epoch)
     # The hard-label baselines (random+hard, recovered images+hard) with label smoothing 0.1, chosen
     # on the holdout by a rule fixed before the runs (README "Label smoothing for the hard-label
     # students"): random+hard holdout top-1 76.70 against 75.67, 3 seeds. Soft-label students:
@@ -126,8 +128,8 @@ def small_image_recipe(c: ml_collections.ConfigDict, width: int = 8, ipc: int = 
     # Validate's short epochs (4 steps) made its bookkeeping expensive: evaluating on the 10k test
     # images every 100 epochs (1.7 s each) and an Orbax save every 50 (0.5 s each, waited for) were
     # 106 of its 417 s (2-core VM, README "The default run"). Midway and final accuracy, 1 save per run.
-    st.eval_every_epochs = st.epochs // 2
-    c.validate.checkpoint_every_epochs = st.epochs // 2
+    st.eval_every_epochs = st.get_ref("epochs") // 2
+    c.validate.checkpoint_every_epochs = st.get_ref("epochs") // 2
 
 
 def tiny_imagenet_recipe(c: ml_collections.ConfigDict, arch: str = "resnet18", ipc: int = 50) -> None:

@@ -1,10 +1,12 @@
 """The student recipe's pieces against hand computations; the held-out split stays held out."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import load_config, write_idx
+from helpers import REPO, load_config, write_idx
 
 from sre2l_jax import optim, recipes
 from sre2l_jax.configlib import base_config
@@ -165,4 +167,22 @@ def test_the_small_image_student_trains_8000_steps_at_every_ipc(ipc, epochs):
     c = load_config("fashion_mnist", f"all,ipc={ipc}")
     steps_per_epoch = -(-ipc * c.data.num_classes // c.student.batch_size)
     assert c.student.epochs == epochs and 8000 <= c.student.epochs * steps_per_epoch < 8000 + steps_per_epoch
+    assert c.student.eval_every_epochs == c.validate.checkpoint_every_epochs == epochs // 2
+
+
+@pytest.mark.parametrize("override, epochs, steps_per_epoch", [
+    ("--config.student.batch_size=50", 4000, 2),  # IPC 10 at batch 50: still 8000 steps
+    ("--config.recover.ipc=50", 400, 20),
+    ("--config.student.epochs=1000", 1000, 4),  # an explicit length wins
+])
+def test_command_line_overrides_keep_the_length_rule(override, epochs, steps_per_epoch):
+    from absl import flags
+    from ml_collections import config_flags
+    argv = ["prog", f"--config={os.path.join(REPO, 'configs', 'fashion_mnist.py')}:all", override]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    c = flag_values.config
+    assert c.student.epochs == epochs
+    assert -(-c.recover.ipc * c.data.num_classes // c.student.batch_size) == steps_per_epoch
     assert c.student.eval_every_epochs == c.validate.checkpoint_every_epochs == epochs // 2
