@@ -6,7 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 from helpers import REPO, load_config, write_idx
+from ml_collections import config_flags
 
 from sre2l_jax import optim, recipes
 from sre2l_jax.configlib import base_config
@@ -176,8 +178,6 @@ def test_the_small_image_student_trains_8000_steps_at_every_ipc(ipc, epochs):
     ("--config.student.epochs=1000", 1000, 4),  # an explicit length wins
 ])
 def test_command_line_overrides_keep_the_length_rule(override, epochs, steps_per_epoch):
-    from absl import flags
-    from ml_collections import config_flags
     argv = ["prog", f"--config={os.path.join(REPO, 'configs', 'fashion_mnist.py')}:all", override]
     flag_values = flags.FlagValues()
     config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
