@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from sre2l_jax import parallel, validate
-from sre2l_jax.metrics import mean_std_text
+from sre2l_jax.metrics import mean_std, mean_std_text
 
 CONFIG = config_flags.DEFINE_config_file("config", None,
                                          "Config file, e.g. configs/fashion_mnist.py:validate")
@@ -56,8 +55,7 @@ def main(argv) -> None:
         for key in ("top1", "holdout_top1"):
             values = [r[key] for r in results if key in r]
             if values:
-                std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-                text = mean_std_text(float(np.mean(values)), std, len(values))
+                text = mean_std_text(*mean_std(values), len(values))
                 print(f"{entry} {key}: {text}  per seed {values}", flush=True)
 
 

@@ -14,6 +14,7 @@ import os
 import time
 
 import jax
+import numpy as np
 
 from sre2l_jax.stage_state import write_text_atomic
 
@@ -92,6 +93,11 @@ class MetricsLog:
             rate = done / max(time.time() - self._t0, 1e-9)
             line += f" | {rate:.2f} steps/s ETA {_fmt_seconds((self.total - step) / rate)}"
         return line
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof 1) over seeds; std 0 for one seed (`mean_std_text` says "1 seed")."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def mean_std_text(mean: float, std: float, n: int) -> str:

@@ -25,7 +25,7 @@ from sre2l_jax import ddranking, stage_state, teachers
 from sre2l_jax.data import mosaics, sources, splits
 from sre2l_jax.formats import images as image_files
 from sre2l_jax.formats.labels import StoredLabels
-from sre2l_jax.metrics import mean_std_text
+from sre2l_jax.metrics import mean_std, mean_std_text
 from sre2l_jax.student import data as student_data
 from sre2l_jax.student import plans
 from sre2l_jax.student.trainer import Run, Students
@@ -70,10 +70,6 @@ def baseline_images(config, train_source, counts: np.ndarray, seed: int):
     return mosaics.decoded(baseline_mosaics(config, train_source, counts, seed),
                            config.student.multi_formation, config.data.image_size,
                            config.student.bit_depth)
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def _check(v) -> None:
@@ -173,15 +169,15 @@ def _dd_ranking(config, summary: dict, teacher_eval: dict, teacher_meta: dict) -
 
 
 def _entry_summary(results: list[dict]) -> dict:
-    top1, top1_std = _mean_std([r["top1"] for r in results])
-    top5, top5_std = _mean_std([r["top5"] for r in results])
+    top1, top1_std = mean_std([r["top1"] for r in results])
+    top5, top5_std = mean_std([r["top5"] for r in results])
     per_class = np.mean([[np.nan if a is None else a for a in r["per_class_top1"]] for r in results], 0)
     out = {"top1": top1, "top1_std": top1_std, "top5": top5, "top5_std": top5_std,
            "per_class_top1": [None if np.isnan(a) else float(a) for a in per_class],
            "per_seed": [{k: r[k] for k in ("seed", "top1", "top5", "holdout_top1") if k in r}
                         for r in results]}
     if all("holdout_top1" in r for r in results):
-        out["holdout_top1"], out["holdout_top1_std"] = _mean_std([r["holdout_top1"] for r in results])
+        out["holdout_top1"], out["holdout_top1_std"] = mean_std([r["holdout_top1"] for r in results])
     return out
 
 
