@@ -198,6 +198,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Label smoothing ε of the hard-label students' cross-entropy (random+hard, synthetic+hard);
     # soft-label students never use it.
     st.hard_label_smoothing = 0.0
+    # The hard-label students' RandomResizedCrop scale (crop "rrc"); () keeps crop_scale. A tiny
+    # crop keeps its whole image's one-hot label, where a soft-label student gets the teacher's
+    # label of the crop itself.
+    st.hard_label_crop_scale = ()
     st.ema = 0.0  # EMA rate of the student's weights (0: off); evaluation then uses the EMA
     st.crop = "rrc"  # rrc: RandomResizedCrop(crop_scale) | pad_crop: RandomCrop(crop_padding) | none
     st.crop_scale = (0.08, 1.0)

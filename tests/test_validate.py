@@ -417,21 +417,45 @@ def test_student_step_compiles_once_per_batch_shape(env):
     assert 1 <= len(steps) <= 2, seen
 
 
-def test_hard_label_smoothing_retrains_only_the_hard_label_students(env, runs):
+def test_hard_label_keys_retrain_only_the_hard_label_students(env, runs):
     w = str(env["root"] / "smoothing")
     shutil.copytree(runs["one"], w)
     for entry in ("real_hard", "synthetic_hard"):
         shutil.rmtree(_run_dir(w, entry))
     soft = {e: os.path.getmtime(os.path.join(_run_dir(w, e), "result.json")) for e in ("sre2l", "real_soft")}
-    validate.run(env["config"](validate__seeds=(0,), validate__baselines=validate.BASELINES,
-                               num_devices=1, student__hard_label_smoothing=0.3), w)
-    # The soft-label runs' claims leave the key out: their results were kept, not retrained.
+    hard_keys = {"student__hard_label_smoothing": 0.3, "student__hard_label_crop_scale": (0.5, 1.0)}
+    config = env["config"](validate__seeds=(0,), validate__baselines=validate.BASELINES, num_devices=1,
+                           **hard_keys)
+    lane = validate.prepare(config, w)[2].lanes[0]
+    assert lane.steps_for(False).recipe.spec.crop_scale == (0.5, 1.0)
+    assert lane.steps_for(True).recipe.spec.crop_scale == (0.08, 1.0)
+    validate.run(config, w)
+    # The soft-label runs' claims leave the keys out: their results were kept, not retrained.
     assert {e: os.path.getmtime(os.path.join(_run_dir(w, e), "result.json")) for e in soft} == soft
     for entry in ("real_hard", "synthetic_hard"):  # retrained with smoothed targets: other weights
         assert _max_diff(_student_params(w, entry), _student_params(runs["one"], entry)) > 1e-4
     with pytest.raises(ValueError, match=r"hard_label_smoothing must be in \[0, 1\), got 1.0"):
         validate.run(env["config"](student__hard_label_smoothing=1.0), w)
-    # A finished hard-label run of another smoothing is refused, naming the key.
+    # A finished hard-label run of other hard-label settings is refused, naming the key.
     with pytest.raises(ValueError, match="hard_label_smoothing: 0.3 -> 0.0"):
         validate.run(env["config"](validate__seeds=(0,), validate__baselines=validate.BASELINES,
                                    num_devices=1), w)
+
+
+def test_hard_label_crop_scale_draws_only_crops_of_its_scale():
+    spec = plans.AugSpec(image_size=28, mean=(0.0,), std=(1.0,), mix="none")
+    assert plans.hard_label_spec(spec, ()) is spec
+    images = jnp.zeros((256, 28, 28, 1), jnp.uint8)
+    ids = jnp.asarray([0, 0, 0], jnp.int32)
+    areas = {}
+    for scale in ((0.08, 1.0), (0.5, 1.0)):
+        _, plan = plans.augmented(images, ids, plans.hard_label_spec(spec, scale))
+        areas[scale] = np.asarray(plan["boxes"][:, 2] * plan["boxes"][:, 3]) / 28**2
+    assert areas[(0.08, 1.0)].min() < 0.3  # the default draws crops the (0.5, 1) scale may not
+    assert areas[(0.5, 1.0)].min() > 0.45  # ≥ 0.5 up to rounding the box's sides to pixels
+    for bad in ((0.0, 1.0), (0.6, 0.5), (0.5,)):
+        with pytest.raises(ValueError, match="hard_label_crop_scale must be"):
+            plans.hard_label_spec(spec, bad)
+    with pytest.raises(ValueError, match="student.crop is 'pad_crop'"):
+        plans.hard_label_spec(plans.AugSpec(image_size=28, mean=(0.0,), std=(1.0,), crop="pad_crop"),
+                              (0.5, 1.0))

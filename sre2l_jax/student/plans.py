@@ -55,6 +55,20 @@ class AugSpec:
         return configlib.hparams(cls, config.student, config.data)
 
 
+def hard_label_spec(spec: AugSpec, crop_scale: tuple) -> AugSpec:
+    """The hard-label students' augmentation: `spec` with their own RandomResizedCrop scale
+    (`student.hard_label_crop_scale`); an empty `crop_scale` keeps `spec`."""
+    if not crop_scale:
+        return spec
+    if len(crop_scale) != 2 or not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
+        raise ValueError(f"student.hard_label_crop_scale must be (low, high) with 0 < low <= high <= 1, "
+                         f"got {tuple(crop_scale)}")
+    if spec.crop != "rrc":
+        raise ValueError(f"student.hard_label_crop_scale sets a RandomResizedCrop scale, but "
+                         f"student.crop is {spec.crop!r}: set student.crop='rrc' or leave it ()")
+    return dataclasses.replace(spec, crop_scale=tuple(float(v) for v in crop_scale))
+
+
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The order in which epoch `epoch` visits the n images."""
     return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)

@@ -27,6 +27,9 @@ from sre2l_jax.student import plans
 from sre2l_jax.student.steps import Recipe, Steps
 from sre2l_jax.train_state import TrainState
 
+# Student keys only the hard-label students read: a soft-label run's claim leaves them out.
+HARD_LABEL_KEYS = ("hard_label_smoothing", "hard_label_crop_scale")
+
 
 @dataclasses.dataclass
 class Run:
@@ -54,7 +57,11 @@ class _Lane:
     """Devices that train one student at a time: their compiled steps and the teacher placed there."""
     mesh: jax.sharding.Mesh
     steps: Steps
+    hard_steps: Steps  # the hard-label students' (`steps` itself unless their augmentation differs)
     teacher_vars: object
+
+    def steps_for(self, soft: bool) -> Steps:
+        return self.steps if soft else self.hard_steps
 
 
 class Students:
@@ -89,9 +96,14 @@ class Students:
         self.init = jax.jit(self._init_state, compiler_options=parallel.one_shot_compiler_options())
         self.init_on_host = lambda key: jax.device_get(self.init(key))
         self.state_shape = jax.eval_shape(self._init_state, plans.init_key(0))
-        self.lanes = [_Lane(mesh, Steps(recipe, mesh, parallel.replicated_like(self.state_shape, mesh)),
-                            parallel.replicate(mesh, model.variables))
-                      for mesh in parallel.lane_meshes(config.num_devices, batch=st.batch_size)]
+        hard_spec = plans.hard_label_spec(self.spec, tuple(st.hard_label_crop_scale))
+        hard_recipe = dataclasses.replace(recipe, spec=hard_spec)
+        self.lanes = []
+        for mesh in parallel.lane_meshes(config.num_devices, batch=st.batch_size):
+            state_sharding = parallel.replicated_like(self.state_shape, mesh)
+            steps = Steps(recipe, mesh, state_sharding)
+            hard_steps = steps if hard_spec == self.spec else Steps(hard_recipe, mesh, state_sharding)
+            self.lanes.append(_Lane(mesh, steps, hard_steps, parallel.replicate(mesh, model.variables)))
         self.eval_source = splits.build_source(d, d.eval_split)
         self.holdout_source = splits.build_source(d, splits.HOLDOUT) if d.holdout else None
         self.meta = {"arch": st.arch, "width": st.width, "stem": model.meta["stem"],
@@ -122,8 +134,9 @@ class Students:
         inputs = {"images": run.images_hash,
                   "teachers": self.teachers_hash}
         recorded = stage_state.settings(self.config, "data", "student")
-        if run.soft:  # a soft-label run does not depend on it: changing it keeps its result
-            del recorded["student"]["hard_label_smoothing"]
+        if run.soft:  # a soft-label run does not depend on them: changing them keeps its result
+            for key in HARD_LABEL_KEYS:
+                del recorded["student"][key]
         return stage_state.Claim(run_dir, {**recorded, "run": identity, "inputs": inputs},
                                  "a student run")
 
@@ -162,9 +175,10 @@ class Students:
         if not todo:
             return
         image_shape = plans.first_batch_shape(self.config.data, self.bounds)
-        online = [functools.partial(lane.steps.compile_online, self.state_shape, lane.teacher_vars,
-                                    image_shape)
-                  for lane in self.lanes[:len(todo)]] if any(r.stored is None for r in todo) else []
+        online_kinds = sorted({r.soft for r in todo if r.stored is None})
+        online = [functools.partial(steps.compile_online, self.state_shape, lane.teacher_vars, image_shape)
+                  for lane in self.lanes[:len(todo)]
+                  for steps in dict.fromkeys(lane.steps_for(soft) for soft in online_kinds)]
         parallel.compile_at_once([lambda: self.init.lower(plans.init_key(0)).compile(), *online])
 
     def _train(self, run: Run, lane: _Lane):
@@ -207,7 +221,7 @@ class Students:
     def _epochs(self, run: Run, lane: _Lane, state: TrainState, start: int, history: list, mngr):
         """Epochs start.. of one run, yielding after every step; appends evaluations to `history`,
         checkpoints on the way; returns the final state."""
-        st, epochs, steps = self.st, self.st.epochs, lane.steps
+        st, epochs, steps = self.st, self.st.epochs, lane.steps_for(run.soft)
         data = student_data.StudentData(run.source, self.config.data.image_size, lane.mesh,
                                         st.batch_size, st.data_workers, st.data_prefetch)
         eval_every = st.eval_every_epochs or epochs
