@@ -1,11 +1,11 @@
 r"""Train only some of `validate`'s students: the entries named by --entries, for every seed.
 
 A hard-label student never sees the teacher's labels, so a change to how hard labels train
-(`student.hard_label_smoothing`) needs no new SRe²L or random+soft student; a longer random+soft
-student is a reference for what a shorter default costs. This trains the named entries (default:
-the hard-label entries of `validate.baselines`) into `W/validate/runs/` (the same run directories
-and claims as `validate`, so the full stage reuses them later) and prints their test and holdout
-top-1. README "Label smoothing for the hard-label students":
+(`student.hard_label_smoothing`, `student.hard_label_crop_scale`) needs no new SRe²L or random+soft
+student; a longer random+soft student is a reference for what a shorter default costs. This trains
+the named entries (default: the hard-label entries of `validate.baselines`) into `W/validate/runs/`
+(the same run directories and claims as `validate`, so the full stage reuses them later) and prints
+their test and holdout top-1. README "Label smoothing for the hard-label students":
 
   python benchmarks/validate_entries.py \
     --config=configs/fashion_mnist.py:validate,holdout=5000,seeds=3 --workdir=W \
