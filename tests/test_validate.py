@@ -432,7 +432,7 @@ def test_hard_label_keys_retrain_only_the_hard_label_students(env, runs):
     validate.run(config, w)
     # The soft-label runs' claims leave the keys out: their results were kept, not retrained.
     assert {e: os.path.getmtime(os.path.join(_run_dir(w, e), "result.json")) for e in soft} == soft
-    for entry in ("real_hard", "synthetic_hard"):  # retrained with smoothed targets: other weights
+    for entry in ("real_hard", "synthetic_hard"):  # retrained (smoothed targets, larger crops): other weights
         assert _max_diff(_student_params(w, entry), _student_params(runs["one"], entry)) > 1e-4
     with pytest.raises(ValueError, match=r"hard_label_smoothing must be in \[0, 1\), got 1.0"):
         validate.run(env["config"](student__hard_label_smoothing=1.0), w)
