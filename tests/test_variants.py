@@ -283,3 +283,37 @@ def test_ensemble_labelled_variants_are_ranked_against_random_under_the_same_lab
     assert table.index("edc's ensemble soft labels") < table.index("| edc |")
     assert table.index("| rded_ensemble |") < table.index("rded_mf's multi-formation (2×2)") < table.index(
         "| rded_mf |")
+
+
+def test_skip_plain_trains_only_the_teacher_and_leaves_teacher_labelled_rows_without_ior(tmp_path,
+                                                                                         monkeypatch):
+    """`--skip_plain`: no plain students (run_all is never called), the teacher's squeeze runs, the
+    teacher-labelled variant has no IOR, the ensemble-labelled one is ranked against its own subset."""
+    from sre2l_jax.experiments import variants
+
+    stages_run = []
+
+    def run_once(c, sub, stage):
+        stages_run.append((os.path.basename(sub), stage, tuple(c.validate.baselines)))
+        if stage != "validate":
+            return {"teacher_accuracy": 100.0}
+        top1 = {"cda": 60.0, "edc": 81.0}[os.path.basename(sub)]
+        out = {"top1": top1, "top1_std": 0.0, "per_seed": [{"top1": top1}]}
+        return out | ({"real_soft": {"top1": 80.0, "per_seed": []}} if c.validate.baselines else {})
+
+    def no_plain(*args):
+        raise AssertionError("the plain run must not train")
+
+    c = tiny_config("all")
+    monkeypatch.setattr(variants.stages, "run_all", no_plain)
+    monkeypatch.setattr(variants.stages, "run_once", run_once)
+    monkeypatch.setattr(variants, "backbone_teachers", lambda c, w: ["/b0/model", "/b1/model"])
+    monkeypatch.setattr(variants.report, "synthetic_arrays", lambda sub: (None, None, None))
+    monkeypatch.setattr(variants.report, "image_grid", lambda *a, **k: None)
+    monkeypatch.setattr(variants.report, "write_report", lambda *a, **k: None)
+    rows = {r["name"]: r for r in variants.run_variants(c, str(tmp_path), only=["cda", "edc"],
+                                                        skip_plain=True)}
+    assert stages_run[0][:2] == (os.path.basename(str(tmp_path)), "squeeze")
+    assert ("cda", "validate", ()) in stages_run and ("edc", "validate", ("real_soft",)) in stages_run
+    assert "sre2l" not in rows and rows["cda"]["ior"] is None and rows["edc"]["ior"] == 1.0
+    assert "| cda | 60.00 (1 seed) | — | — |" in open(tmp_path / "variants" / "table.md").read()

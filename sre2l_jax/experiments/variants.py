@@ -29,6 +29,9 @@ from sre2l_jax.stage_state import write_json_atomic, write_text_atomic
 
 _EXTRA = flags.DEFINE_list("extra_teachers", [], "Model checkpoints for the multi-teacher row.")
 _ONLY = flags.DEFINE_list("only", [], "Run only these variants (default: all).")
+_SKIP_PLAIN = flags.DEFINE_bool(
+    "skip_plain", False, "Train only the teacher of the plain run, not its SRe²L students and baselines "
+    "(measured elsewhere): rows labelled by the teacher then have no IOR.")
 
 # name -> recover settings on top of the data set's SRe²L recipe.
 VARIANTS = {
@@ -134,15 +137,22 @@ def _row(name: str, val: dict, rec: dict | None, random_soft: float | None = Non
 
 
 def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
-                 only: list[str] | None = None) -> list[dict]:
+                 only: list[str] | None = None, skip_plain: bool = False) -> list[dict]:
+    """The plain run and the variants' rows; `skip_plain` trains only the plain run's teacher (its
+    students were measured elsewhere), so the rows labelled by that teacher carry no IOR: a
+    random subset of other seeds or settings would not be the same recipe."""
     unknown = set(only or ()) - set(VARIANTS)
     if unknown:
         raise ValueError(f"unknown variants {sorted(unknown)}; known: {sorted(VARIANTS)}")
     config.unlock()
-    plain = stages.run_all(config, workdir)
-    random_soft = plain["validate"].get("real_soft", {}).get("top1")
-    rows = [_row("sre2l", plain["validate"], plain["recover"], random_soft)]
-    rows += [_row(BASELINES[b], plain["validate"][b], None) for b in config.validate.baselines]
+    random_soft, rows = None, []
+    if skip_plain:
+        stages.run_once(config, workdir, "squeeze")
+    else:
+        plain = stages.run_all(config, workdir)
+        random_soft = plain["validate"].get("real_soft", {}).get("top1")
+        rows = [_row("sre2l", plain["validate"], plain["recover"], random_soft)]
+        rows += [_row(BASELINES[b], plain["validate"][b], None) for b in config.validate.baselines]
     config.recover.teacher = teachers.default_path(config, workdir)
     config.validate.baselines = ()
     # (extra teachers, multi-formation factor) -> the random subset's top-1 under those labels
@@ -220,7 +230,7 @@ def variants_table(config, rows: list[dict]) -> str:
 
 def main(argv):
     config, workdir = cli.setup(argv)
-    run_variants(config, workdir, _EXTRA.value, _ONLY.value)
+    run_variants(config, workdir, _EXTRA.value, _ONLY.value, _SKIP_PLAIN.value)
 
 
 if __name__ == "__main__":
