@@ -184,7 +184,8 @@ def run_variants(config, workdir: str, extra_teachers: list[str] | None = None,
         write_json_atomic(os.path.join(out, "results.json"), rows)
         table = variants_table(config, rows)
         write_text_atomic(os.path.join(out, "table.md"), table)
-        report.write_report(config, workdir)
+        if not skip_plain:  # the report is the plain run's, with this table beside it
+            report.write_report(config, workdir)
         print(table, flush=True)
     return rows
 
