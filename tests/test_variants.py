@@ -304,13 +304,16 @@ def test_skip_plain_trains_only_the_teacher_and_leaves_teacher_labelled_rows_wit
     def no_plain(*args):
         raise AssertionError("the plain run must not train")
 
+    def no_report(*args, **kwargs):
+        raise AssertionError("no plain run, so no report (it would need recover/manifest.json)")
+
     c = tiny_config("all")
     monkeypatch.setattr(variants.stages, "run_all", no_plain)
     monkeypatch.setattr(variants.stages, "run_once", run_once)
     monkeypatch.setattr(variants, "backbone_teachers", lambda c, w: ["/b0/model", "/b1/model"])
     monkeypatch.setattr(variants.report, "synthetic_arrays", lambda sub: (None, None, None))
     monkeypatch.setattr(variants.report, "image_grid", lambda *a, **k: None)
-    monkeypatch.setattr(variants.report, "write_report", lambda *a, **k: None)
+    monkeypatch.setattr(variants.report, "write_report", no_report)
     rows = {r["name"]: r for r in variants.run_variants(c, str(tmp_path), only=["cda", "edc"],
                                                         skip_plain=True)}
     assert stages_run[0][:2] == (os.path.basename(str(tmp_path)), "squeeze")
