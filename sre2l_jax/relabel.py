@@ -31,6 +31,14 @@ def settings(config) -> dict:
     return stage_state.settings(config, "data", "relabel", plan=AugSpec.from_config(config))
 
 
+def unread(config) -> str:
+    """Why `all` would write labels nobody reads ("" when validate reads them)."""
+    if config.validate.labels == "stored":
+        return ""
+    return ("validate.labels is 'online': the students take the teacher's soft labels inside each "
+            "step (--config.validate.labels=stored trains on stored labels and runs relabel)")
+
+
 def run(config, workdir: str) -> dict:
     """Write `W/relabel/epoch_*.npz` + `meta.json`."""
     label_dir = os.path.join(workdir, "relabel")

@@ -1,12 +1,13 @@
 """The pipeline: every stage is `run(config, workdir) -> summary`, registered here; plus `all`.
 
-`all` runs squeeze → recover → relabel → validate, then the report and the results table. A stage
-whose output finished for the same settings is skipped; a half-finished one resumes from its own
-checkpoints; one finished (or half-finished) with other settings is moved aside
-(`<stage>.superseded<n>`) and run afresh — except validate, whose student runs claim their own
-settings: adding seeds or baselines trains only the new students. A stage's
-settings are those it declares (`<stage>.settings`) plus those of every stage before it, so changing
-`student.lr` redoes validate only, and changing `recover.lr` redoes recover and what follows.
+`all` runs squeeze → recover → relabel → validate, then the report and the results table; relabel
+only when validate reads stored labels (`validate.labels=stored`). A stage whose output finished
+for the same settings is skipped; a half-finished one resumes from its own checkpoints; one
+finished (or half-finished) with other settings is moved aside (`<stage>.superseded<n>`) and run
+afresh — except validate, whose student runs claim their own settings: adding seeds or baselines
+trains only the new students. A stage's settings are those it declares (`<stage>.settings`) plus
+those of every stage before it, so changing `student.lr` redoes validate only, and changing
+`recover.lr` redoes recover and what follows.
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ class Stage:
     # it reruns in place, keeping the runs that still match (more seeds or baselines), and is
     # moved aside only when a run's claim refuses (StaleOutputError).
     reuses_runs: bool = False
+    # config -> why nothing would read the stage's output ("" when something does): then `all`
+    # skips it (relabel: validate takes its soft labels online, inside each step).
+    unread: Callable[..., str] = lambda config: ""
 
 
 PIPELINE = {
     "squeeze": Stage(squeeze.run, squeeze.settings),
     "recover": Stage(recover.run, recover.settings),
-    "relabel": Stage(relabel.run, relabel.settings),
+    "relabel": Stage(relabel.run, relabel.settings, unread=relabel.unread),
     "validate": Stage(validate.run, validate.settings, reuses_runs=True),
 }
 
@@ -44,7 +48,12 @@ def cumulative_settings(config, name: str) -> dict:
 
 
 def run_once(config, workdir: str, name: str) -> dict:
-    """Run stage `name` unless it finished earlier with the same settings; return its summary."""
+    """Run stage `name` unless it finished earlier with the same settings or nothing would read its
+    output; return its summary."""
+    unread = PIPELINE[name].unread(config)
+    if unread:
+        print(f"[all] {name}: skipped, {unread}", flush=True)
+        return {"skipped": unread}
     stage_dir = stage_state.StageDir(workdir, name)
     wanted = cumulative_settings(config, name)
     summary = stage_dir.finished_summary(wanted)

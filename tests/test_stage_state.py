@@ -41,10 +41,18 @@ CHANGES = [
 ]
 
 
+def stored_label_config():
+    """`all` with stored labels: every stage's output is read, so every stage runs."""
+    c = load_config("fashion_mnist", "all,runlocal")
+    c.unlock()
+    c.validate.labels = "stored"
+    return configlib.lock(c)
+
+
 @pytest.mark.parametrize("section,key,value,rerun", CHANGES)
 def test_a_changed_key_reruns_its_stage_and_the_later_ones(tmp_path, fake_pipeline, section, key,
                                                           value, rerun):
-    c = load_config("fashion_mnist", "all,runlocal")
+    c = stored_label_config()
     for stage in stages.PIPELINE:
         stages.run_once(c, str(tmp_path), stage)
     assert fake_pipeline == list(stages.PIPELINE)
@@ -59,12 +67,22 @@ def test_a_changed_key_reruns_its_stage_and_the_later_ones(tmp_path, fake_pipeli
         assert os.path.isdir(tmp_path / f"{stage}.superseded1") != stages.PIPELINE[stage].reuses_runs
 
 
+def test_all_skips_relabel_when_validate_takes_labels_online(tmp_path, fake_pipeline, capsys):
+    c = load_config("fashion_mnist", "all,runlocal")
+    assert c.validate.labels == "online"
+    summaries = {stage: stages.run_once(c, str(tmp_path), stage) for stage in stages.PIPELINE}
+    assert fake_pipeline == ["squeeze", "recover", "validate"]
+    assert "validate.labels is 'online'" in summaries["relabel"]["skipped"]
+    assert "[all] relabel: skipped, validate.labels is 'online'" in capsys.readouterr().out
+    assert not os.path.exists(tmp_path / "relabel")
+
+
 @pytest.mark.parametrize("key,value", [("log_every_steps", 7), ("num_devices", 1), ("stage", "recover"),
                                        ("recover.checkpoint_every", 3), ("recover.ipc_end", 1),
                                        ("squeeze.checkpoint_every_steps", 9),
                                        ("validate.checkpoint_every_epochs", 1)])
 def test_execution_keys_rerun_nothing(tmp_path, fake_pipeline, key, value):
-    c = load_config("fashion_mnist", "all,runlocal")
+    c = stored_label_config()
     for stage in stages.PIPELINE:
         stages.run_once(c, str(tmp_path), stage)
     fake_pipeline.clear()
@@ -148,7 +166,7 @@ def _drop_key(path: str, section: str, key: str) -> None:
 @pytest.mark.parametrize("value,rerun", [(False, []), (True, list(stages.PIPELINE))])
 def test_an_option_added_later_reruns_only_when_set(tmp_path, fake_pipeline, value, rerun):
     """Output of a version without `data.convert_channels` is reused while it has its default."""
-    c = load_config("fashion_mnist", "all,runlocal")
+    c = stored_label_config()
     for stage in stages.PIPELINE:
         stages.run_once(c, str(tmp_path), stage)
         _drop_key(str(tmp_path / stage / "done.json"), "data", "convert_channels")

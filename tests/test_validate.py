@@ -251,6 +251,14 @@ def test_stored_labels_reproduce_online_training(runs):
     assert [h["epoch"] for h in four["history"]] == [2, 3] and four["history"] == stored["history"]
 
 
+def test_relabel_writes_its_tensorboard_scalars(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.join(runs["stored"], "tensorboard", "relabel"))
+    acc.Reload()
+    assert "relabel/batches" in acc.Tags()["scalars"] and len(acc.Scalars("relabel/batches")) >= 1
+
+
 def test_stored_labels_reproduce_online_training_with_randaugment(env, runs):
     online, stored = _workdir(env, "ra_online"), _workdir(env, "ra_stored")
     config = lambda **kw: env["config"](student__randaugment=2, num_devices=4, **kw)
