@@ -1,8 +1,8 @@
 r"""Fashion-MNIST (the embedded default): 10 classes, 28×28 grayscale, from Debian's IDX files.
 
-Whole pipeline, CPU (22:27-22:48 with setup on a 2-core AMD Zen 4 or Intel Xeon, 36:51 on a Zen 3,
-59 minutes on the slowest 2-core VM measured, Zen 1; about 13 minutes estimated on the fastest, AMD
-family 26; README "The default run"):
+Whole pipeline, CPU (18:44 with setup on a 2-core Intel Xeon model 207; before relabel was skipped
+with online labels 22:27-22:48 on an AMD Zen 4 or Intel Xeon model 167, 36:51 on a Zen 3, 59 minutes
+on the slowest 2-core VM measured, Zen 1; README "The default run"):
   python -m sre2l_jax.main --config=configs/fashion_mnist.py:all --workdir=workdirs/fmnist
 One stage, or a smoke run of it:
   python -m sre2l_jax.main --config=configs/fashion_mnist.py:squeeze,runlocal --workdir=/tmp/fm
