@@ -4,7 +4,7 @@ r"""Does a code change keep the pipeline's outputs bit for bit? Runs two revisio
 
 For each revision (checked out with `git worktree` into DIR, or the working tree for `--after=.`)
 it runs, through the command line a user types:
-  1. `configs/fashion_mnist.py:all,runlocal` (squeeze, recover, relabel, validate with baselines);
+  1. `configs/fashion_mnist.py:all,runlocal` (squeeze, recover, validate with baselines);
   2. a non-default variant: real-image init plus a second teacher (multi-teacher recovery and
      ensemble soft labels), seed 1, the first run's teacher as the extra one;
 and records the SHA-256 of every recovered PNG and every student's top-1/top-5. It prints the

@@ -2,9 +2,10 @@ r"""The paper's Table 3: image priors vs multi-crop optimization, same teacher, 
 
   python -m sre2l_jax.experiments.ablation --config=configs/fashion_mnist.py:all --workdir=workdirs/fm
 
-Uses (or first trains) the squeezed model in WORKDIR/squeeze, then for each setting recovers, relabels
-and validates in WORKDIR/ablation/<setting>/, and writes WORKDIR/ablation/table.md plus one image grid
-per setting. The prior weights are the authors' script defaults (TV-l2 1e-4, l2 1e-5).
+Uses (or first trains) the squeezed model in WORKDIR/squeeze, then for each setting recovers,
+relabels (with stored labels only) and validates in WORKDIR/ablation/<setting>/, and writes
+WORKDIR/ablation/table.md plus one image grid per setting. The prior weights are the authors'
+script defaults (TV-l2 1e-4, l2 1e-5).
 """
 
 from __future__ import annotations

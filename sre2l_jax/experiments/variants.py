@@ -3,10 +3,10 @@ r"""SRe²L and the later recovery variants through one engine, one teacher and o
   python -m sre2l_jax.experiments.variants --config=configs/fashion_mnist.py:all,seeds=3 --workdir=workdirs/fm
 
 Runs the plain pipeline in WORKDIR (SRe²L and the validate baselines: random real images with soft
-labels, with hard labels), then each variant's recover → relabel → validate in
-WORKDIR/variants/<name>/ with the baselines switched off — except, once per list of extra teachers,
-the random real subset under that ensemble's soft labels, which the ensemble-labelled variants'
-IOR is measured against — and writes WORKDIR/variants/table.md and
+labels, with hard labels), then each variant's recover → relabel (with stored labels only) →
+validate in WORKDIR/variants/<name>/ with the baselines switched off — except, once per list of
+extra teachers, the random real subset under that ensemble's soft labels, which the
+ensemble-labelled variants' IOR is measured against — and writes WORKDIR/variants/table.md and
 results.json (the report shows them). The multi-teacher row needs a second teacher: given with
 --extra_teachers, or trained here into WORKDIR/variants/teacher2 (twice the width, half the epochs,
 seed + 1: a different model of the same family, as G-VBSM mixes architectures).
